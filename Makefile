@@ -1,0 +1,45 @@
+# Two commands on a fresh machine:  `make run` starts the node, `make test` runs the suite.
+# Each installs what it needs first (a virtual environment in .venv, torch 2.13.0 CPU,
+# and for the tests the Debian packages dcmtk and orthanc).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBIAN_PACKAGES := dcmtk orthanc libgl1 libglib2.0-0
+
+.PHONY: run test install debian-deps lint bench clean
+
+run: $(STAMP)
+	$(BIN)/ai-node serve --config ae_config.yaml
+
+test: $(STAMP) debian-deps
+	$(BIN)/python -m pytest
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+debian-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check node storage inference config tests bench
+	$(BIN)/mypy node storage inference config
+
+bench: $(STAMP) debian-deps
+	$(BIN)/python bench/receive.py
+	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/end_to_end.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,243 @@
+"""Typed, frozen schema of ``ae_config.yaml``.
+
+Every section is a frozen pydantic model that forbids unknown keys, so a typo
+is a start-up error instead of a silently ignored setting.  The README
+documents each key; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
+
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+
+OutputKind = Literal["rtstruct", "seg", "sr"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_ae_title(value: str) -> str:
+    if not AE_TITLE_RE.match(value) or not value.strip():
+        raise ValueError("must be 1-16 printable characters, no backslash")
+    return value.strip()
+
+
+class Peer(_Section):
+    """A remote Application Entity that may send to us and receive our replies."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class Destination(_Section):
+    """Where results go: either back to the sender (looked up in ``peers``) or a fixed AE."""
+
+    reply_to_sender: bool = False
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Destination":
+        fixed = (self.ae_title, self.host, self.port)
+        if self.reply_to_sender and any(v is not None for v in fixed):
+            raise ValueError("reply_to_sender excludes ae_title/host/port")
+        if not self.reply_to_sender and any(v is None for v in fixed):
+            raise ValueError("a fixed destination needs ae_title, host and port")
+        if self.ae_title is not None:
+            _check_ae_title(self.ae_title)
+        return self
+
+
+class Completion(_Section):
+    idle_seconds: float = Field(default=10.0, gt=0)
+    check_interval_seconds: float = Field(default=0.5, gt=0)
+
+
+class Network(_Section):
+    acse_timeout: float = Field(default=30.0, gt=0)
+    dimse_timeout: float = Field(default=60.0, gt=0)
+    network_timeout: float = Field(default=60.0, gt=0)
+    maximum_associations: int = Field(default=10, ge=1)
+    maximum_pdu_size: int = Field(default=0, ge=0)
+
+
+class Receive(_Section):
+    """What the Storage SCP accepts and which of it is segmented."""
+
+    accept_other_images: bool = True
+    segment_sop_classes: tuple[str, ...] = (MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE)
+    min_free_disk_mb: int = Field(default=200, ge=0)
+
+
+class Delivery(_Section):
+    max_attempts: int = Field(default=8, ge=1)
+    backoff_initial_seconds: float = Field(default=2.0, gt=0)
+    backoff_max_seconds: float = Field(default=300.0, gt=0)
+    poll_interval_seconds: float = Field(default=0.5, gt=0)
+
+
+class UNETRParams(_Section):
+    """Every constructor hyperparameter of ``monai.networks.nets.UNETR``."""
+
+    in_channels: int = Field(default=1, ge=1)
+    out_channels: int = Field(default=2, ge=1)
+    img_size: tuple[int, int, int] = (96, 96, 96)
+    feature_size: int = Field(default=16, ge=1)
+    hidden_size: int = Field(default=768, ge=1)
+    mlp_dim: int = Field(default=3072, ge=1)
+    num_heads: int = Field(default=12, ge=1)
+    proj_type: Literal["conv", "perceptron"] = "conv"
+    norm_name: str = "instance"
+    res_block: bool = True
+    dropout_rate: float = Field(default=0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "UNETRParams":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
+            )
+        return self
+
+
+class Intensity(_Section):
+    mode: Literal["zscore", "range"] = "zscore"
+    a_min: float = 0.0
+    a_max: float = 1.0
+    b_min: float = 0.0
+    b_max: float = 1.0
+    clip: bool = True
+
+
+class Preprocessing(_Section):
+    orientation: str = "RAS"
+    spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
+    intensity: Intensity = Intensity()
+    crop_foreground: bool = False
+
+    @field_validator("orientation")
+    @classmethod
+    def _axcodes(cls, v: str) -> str:
+        v = v.upper()
+        axis = {"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+        if len(v) != 3 or any(c not in axis for c in v) or len({axis[c] for c in v}) != 3:
+            raise ValueError("must be three axis codes such as RAS or LPS")
+        return v
+
+
+class SlidingWindow(_Section):
+    roi_size: tuple[int, int, int] = (96, 96, 96)
+    overlap: float = Field(default=0.25, ge=0, lt=1)
+    sw_batch_size: int = Field(default=2, ge=1)
+    mode: Literal["gaussian", "constant"] = "gaussian"
+
+
+class Postprocessing(_Section):
+    lesion_channel: int = Field(default=1, ge=0)
+    method: Literal["argmax", "threshold"] = "argmax"
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    min_lesion_mm3: float = Field(default=10.0, ge=0)
+
+
+class Model(_Section):
+    """The segmentation model and everything needed to run it the same way every time."""
+
+    name: str = "ai-node demo UNETR"
+    version: str = "0.1.0"
+    architecture: Literal["UNETR"] = "UNETR"
+    weights: Path = Path("models/demo_unetr/weights.pt")
+    format: Literal["auto", "state_dict", "checkpoint", "torchscript"] = "auto"
+    unetr: UNETRParams = UNETRParams()
+    preprocessing: Preprocessing = Preprocessing()
+    sliding_window: SlidingWindow = SlidingWindow()
+    postprocessing: Postprocessing = Postprocessing()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    validated_for_clinical_use: bool = False
+
+    @model_validator(mode="after")
+    def _channel_exists(self) -> "Model":
+        if self.postprocessing.lesion_channel >= self.unetr.out_channels:
+            raise ValueError(
+                f"postprocessing.lesion_channel {self.postprocessing.lesion_channel} "
+                f"does not exist with unetr.out_channels {self.unetr.out_channels}"
+            )
+        return self
+
+
+class Worker(_Section):
+    task: str = "inference.task:segment_job"
+    poll_interval_seconds: float = Field(default=0.5, gt=0)
+
+
+class NodeConfig(_Section):
+    """The whole of ``ae_config.yaml``."""
+
+    ae_title: str = "AINODE"
+    bind: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=1, le=65535)
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    peers: tuple[Peer, ...] = ()
+    destinations: tuple[Destination, ...] = (Destination(reply_to_sender=True),)
+    completion: Completion = Completion()
+    network: Network = Network()
+    receive: Receive = Receive()
+    delivery: Delivery = Delivery()
+    model: Model = Model()
+    outputs: tuple[OutputKind, ...] = ("rtstruct",)
+    worker: Worker = Worker()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    source: Path | None = Field(default=None, exclude=True)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("bind")
+    @classmethod
+    def _bind_is_address(cls, v: str) -> str:
+        if v in ("localhost", ""):
+            return "127.0.0.1" if v == "localhost" else "0.0.0.0"
+        ipaddress.ip_address(v)  # raises ValueError with the bad value
+        return v
+
+    @model_validator(mode="after")
+    def _secure_by_default(self) -> "NodeConfig":
+        if not self.peers and not self.bind_is_loopback:
+            raise ValueError(
+                f"bind {self.bind} is not loopback and peers is empty: "
+                "list the peers that may send to this node"
+            )
+        names = [p.ae_title for p in self.peers]
+        if len(names) != len(set(names)):
+            raise ValueError("peers: each ae_title must appear once")
+        return self
+
+    @property
+    def bind_is_loopback(self) -> bool:
+        return ipaddress.ip_address(self.bind).is_loopback
+
+    @property
+    def accepts_any_calling_ae(self) -> bool:
+        """Only an empty peer list on a loopback address accepts any caller."""
+        return not self.peers and self.bind_is_loopback
+
+    def peer(self, ae_title: str) -> Peer | None:
+        return next((p for p in self.peers if p.ae_title == ae_title.strip()), None)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "node.sqlite"

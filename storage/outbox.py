@@ -1,0 +1,1 @@
+"""Durable outbox of results to deliver (issue 4)."""
