@@ -1,0 +1,182 @@
+"""Shared helpers of the results tests: known cases, rasterising contours, Dice, free ports.
+
+A *case* is a DICOM series written by the shared builder plus a
+:class:`SegmentationResult` whose labels are ellipsoids placed at known voxel
+positions: a known mask is the right input for testing the writers.  The
+volume is built with the true geometry from the builder's affine, matching each
+file to its slice by position along the normal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from inference.synthetic.dicom_series import (
+    ORIENTATIONS,
+    SeriesSpec,
+    make_affine,
+    oblique_cosines,
+    write_series,
+)
+from inference.types import (
+    Lesion,
+    ModelProvenance,
+    SegmentationResult,
+    SourceSlice,
+    Volume,
+)
+
+WEIGHTS_SHA = hashlib.sha256(b"test weights").hexdigest()
+PROVENANCE = ModelProvenance(
+    name="test UNETR", version="9.9.9", weights_sha256=WEIGHTS_SHA
+)
+
+
+@dataclass(frozen=True)
+class Blob:
+    """An ellipsoid lesion: centre in voxel indices [i, j, k] and semi-axes in voxels."""
+
+    centre: tuple[float, float, float]
+    radii: tuple[float, float, float]
+
+
+DEFAULT_BLOBS = (
+    Blob((14, 20, 8), (6, 5, 3.5)),
+    Blob((34, 14, 12), (4, 4, 2.5)),
+    Blob((30, 30, 5), (3, 3, 2)),
+)
+
+
+def build_case(
+    out_dir: Path,
+    orientation: str = "axial",
+    blobs: tuple[Blob, ...] = DEFAULT_BLOBS,
+    shape: tuple[int, int, int] = (48, 40, 18),
+    spacing: tuple[float, float, float] = (1.0, 1.0, 2.0),
+    **spec_fields: object,
+) -> tuple[list[Path], SegmentationResult]:
+    """Write a series with the given blobs and return its files and a matching result."""
+    row, col = (
+        oblique_cosines() if orientation == "oblique" else ORIENTATIONS[orientation]
+    )
+    affine = make_affine(row, col, spacing, origin=(-20.0, -30.0, -15.0))
+    labels = _ellipsoids(shape, blobs)
+    image = 100.0 + 400.0 * (labels > 0)
+    spec = SeriesSpec(**spec_fields).resolved()  # type: ignore[arg-type]
+    paths = write_series(out_dir, image, affine, spec)
+    volume = volume_from_files(paths, image, affine)
+    lesions = [measure(labels == n, n, affine) for n in range(1, len(blobs) + 1)]
+    return paths, SegmentationResult(
+        volume, labels, lesions, PROVENANCE, {"sliding_window": 1.0}
+    )
+
+
+def _ellipsoids(shape: tuple[int, int, int], blobs: tuple[Blob, ...]) -> np.ndarray:
+    i, j, k = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    labels = np.zeros(shape, np.uint16)
+    for number, blob in enumerate(blobs, start=1):
+        (ci, cj, ck), (ri, rj, rk) = blob.centre, blob.radii
+        inside = ((i - ci) / ri) ** 2 + ((j - cj) / rj) ** 2 + (
+            (k - ck) / rk
+        ) ** 2 <= 1.0
+        labels[inside & (labels == 0)] = number
+    return labels
+
+
+def volume_from_files(
+    paths: list[Path], array: np.ndarray, affine: np.ndarray
+) -> Volume:
+    """The volume of a builder series with its known affine; slices matched by position."""
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    first = headers[0]
+    inverse = np.linalg.inv(affine)
+    slices: list[SourceSlice | None] = [None] * array.shape[2]
+    if "PerFrameFunctionalGroupsSequence" in first:
+        for number, group in enumerate(first.PerFrameFunctionalGroupsSequence, start=1):
+            position = group.PlanePositionSequence[0].ImagePositionPatient
+            k = round((inverse @ [*map(float, position), 1.0])[2])
+            slices[k] = SourceSlice(
+                paths[0], first.SOPInstanceUID, first.SOPClassUID, number
+            )
+    else:
+        for path, ds in zip(paths, headers):
+            k = round((inverse @ [*map(float, ds.ImagePositionPatient), 1.0])[2])
+            slices[k] = SourceSlice(path, ds.SOPInstanceUID, ds.SOPClassUID)
+    assert all(s is not None for s in slices)
+    return Volume(
+        array.astype(np.float32),
+        affine,
+        slices,  # type: ignore[arg-type]
+        first.SeriesInstanceUID,
+        first.StudyInstanceUID,
+        first.FrameOfReferenceUID,
+    )
+
+
+def measure(mask: np.ndarray, number: int, affine: np.ndarray) -> Lesion:
+    """Rough measurements of a mask (the writers pass them through; the pipeline measures for real)."""
+    ijk = np.argwhere(mask)
+    lps = (affine[:3, :3] @ ijk.T).T + affine[:3, 3]
+    voxel = abs(float(np.linalg.det(affine[:3, :3])))
+    extent = lps.max(axis=0) - lps.min(axis=0)
+    return Lesion(
+        number=number,
+        voxel_count=len(ijk),
+        volume_mm3=len(ijk) * voxel,
+        longest_axial_diameter_mm=float(max(extent[0], extent[1])),
+        perpendicular_axial_diameter_mm=float(min(extent[0], extent[1])),
+        longest_3d_diameter_mm=float(np.linalg.norm(extent)),
+        first_slice=int(ijk[:, 2].min()),
+        last_slice=int(ijk[:, 2].max()),
+        centroid_lps_mm=tuple(float(v) for v in lps.mean(axis=0)),  # type: ignore[arg-type]
+    )
+
+
+def rasterise_roi(ds: Dataset, roi_number: int, volume: Volume) -> np.ndarray:
+    """Rasterise one ROI of an RT-Struct into the volume's grid through the volume's affine."""
+    inverse = np.linalg.inv(volume.affine_lps)
+    mask = np.zeros(volume.array.shape, bool)
+    contours = next(
+        c for c in ds.ROIContourSequence if int(c.ReferencedROINumber) == roi_number
+    ).get("ContourSequence", [])
+    planes: dict[int, list[np.ndarray]] = {}
+    for contour in contours:
+        points = np.asarray(contour.ContourData, float).reshape(-1, 3)
+        ijk = (inverse @ np.column_stack([points, np.ones(len(points))]).T).T[:, :3]
+        k = round(ijk[0, 2])
+        assert np.allclose(ijk[:, 2], k, atol=1e-3), (
+            "contour is not in the plane of a slice"
+        )
+        planes.setdefault(k, []).append(np.rint(ijk[:, :2]).astype(np.int32))
+    for k, polygons in planes.items():
+        plane = np.zeros(
+            (volume.array.shape[1], volume.array.shape[0]), np.uint8
+        )  # [row=j, col=i]
+        cv2.fillPoly(plane, polygons, 1)
+        mask[:, :, k] = plane.T.astype(bool)
+    return mask
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def case(tmp_path: Path) -> tuple[list[Path], SegmentationResult]:
+    return build_case(tmp_path / "series")
