@@ -73,6 +73,8 @@ class Network(_Section):
     network_timeout: float = Field(default=60.0, gt=0)
     maximum_associations: int = Field(default=10, ge=1)
     maximum_pdu_size: int = Field(default=0, ge=0)
+    #: a listed peer must also connect from the address its ``host`` resolves to
+    verify_peer_address: bool = True
 
 
 class Receive(_Section):
@@ -115,12 +117,17 @@ class UNETRParams(_Section):
 
 
 class Intensity(_Section):
-    mode: Literal["zscore", "range"] = "zscore"
+    """zscore: over non-zero voxels; range: a_min..a_max -> b_min..b_max;
+    percentile: lower..upper percentile of the volume -> b_min..b_max."""
+
+    mode: Literal["zscore", "range", "percentile"] = "zscore"
     a_min: float = 0.0
     a_max: float = 1.0
     b_min: float = 0.0
     b_max: float = 1.0
     clip: bool = True
+    lower_percentile: float = Field(default=1.0, ge=0, le=100)
+    upper_percentile: float = Field(default=99.0, ge=0, le=100)
 
 
 class Preprocessing(_Section):
@@ -182,6 +189,10 @@ class Model(_Section):
 class Worker(_Section):
     task: str = "inference.task:segment_job"
     poll_interval_seconds: float = Field(default=0.5, gt=0)
+    #: worker processes that ``ai-node serve`` supervises (0: queue only, no worker)
+    processes: int = Field(default=1, ge=0)
+    #: a job whose worker process died this many times is failed instead of re-queued
+    max_attempts: int = Field(default=3, ge=1)
 
 
 class NodeConfig(_Section):

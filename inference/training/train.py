@@ -1,0 +1,223 @@
+"""Train the demo UNETR on synthetic brains (CPU with bf16 autocast, or CUDA).
+
+    python -m inference.training.train --minutes 80 --out models/demo_unetr
+
+The network is built from the ``model.unetr`` section of the configuration, so
+the weights always fit the default ``ae_config.yaml``.  Crops come from
+:func:`inference.training.data.crop_stream` in a worker process; each step
+trains on one fresh crop and one replayed from a pool, both augmented with
+MONAI transforms (flip, rotation and scaling, elastic deformation, intensity,
+bias field, noise, blur and resolution).  The loss is MONAI ``DiceCELoss``.
+The learning rate follows a cosine over the time budget.  Every
+``--validate-minutes`` the model is scored on fixed validation crops; the best
+weights so far are written atomically to ``<out>/weights.pt`` (plain state
+dict) and the run state to ``<work>/checkpoint.pt`` (to resume with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections import deque
+import multiprocessing as mp
+from queue import Empty
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai import transforms as mt
+from monai.losses import DiceCELoss
+
+from config.loader import load_config
+from inference.model import build_unetr
+from inference.training.data import CropSettings, crop_stream
+
+LOGGER = logging.getLogger(__name__)
+
+
+def _produce(seed: int, settings: CropSettings, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+    torch.set_num_threads(1)
+    for crop in crop_stream(seed, settings):
+        queue.put(crop)
+
+
+def start_producer(seed: int, settings: CropSettings) -> tuple[mp.Process, mp.Queue]:  # type: ignore[type-arg]
+    """Crops are drawn in a separate process; training never waits for one once the pool is full."""
+    queue: mp.Queue = mp.Queue(maxsize=8)  # type: ignore[type-arg]
+    process = mp.Process(target=_produce, args=(seed, settings, queue), daemon=True)
+    process.start()
+    return process, queue
+
+
+def next_samples(queue: mp.Queue, pool: deque, min_pool: int, take: bool) -> list[tuple[np.ndarray, np.ndarray]]:  # type: ignore[type-arg]
+    """A fresh crop when ``take`` and one is ready (waiting only while the pool fills), plus one replayed."""
+    try:
+        if not take and len(pool) >= min_pool:
+            raise Empty
+        fresh = queue.get(block=len(pool) < min_pool, timeout=600)
+        pool.append(fresh)
+    except Empty:
+        fresh = random.choice(pool)
+    return [fresh, random.choice(pool)]
+
+
+def augmentations(roi: int) -> mt.Compose:
+    keys = ("image", "label")
+    return mt.Compose([
+        mt.RandAffined(keys, spatial_size=(roi,) * 3, prob=0.6, rotate_range=(0.3,) * 3,
+                       scale_range=(0.12,) * 3, mode=("bilinear", "nearest"), padding_mode="border"),
+        mt.CenterSpatialCropd(keys, (roi,) * 3),
+        mt.Rand3DElasticd(keys, sigma_range=(6, 9), magnitude_range=(40, 120), prob=0.1,
+                          mode=("bilinear", "nearest"), padding_mode="border"),
+        mt.RandFlipd(keys, prob=0.5, spatial_axis=0),
+        mt.RandSimulateLowResolutiond(("image",), prob=0.1, zoom_range=(0.5, 0.9)),
+        mt.RandGaussianSmoothd(("image",), prob=0.1, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.0)),
+        mt.RandBiasFieldd(("image",), prob=0.2, coeff_range=(0.0, 0.15)),
+        mt.RandAdjustContrastd(("image",), prob=0.2, gamma=(0.8, 1.25), retain_stats=True),
+        mt.RandScaleIntensityd(("image",), factors=0.12, prob=0.5),
+        mt.RandShiftIntensityd(("image",), offsets=0.06, prob=0.5),
+        mt.RandGaussianNoised(("image",), prob=0.15, std=0.03),
+    ])
+
+
+def to_batch(samples: list[tuple[np.ndarray, np.ndarray]], augment: mt.Compose) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for image, label in samples:
+        out = augment({"image": image[None], "label": label[None]})
+        images.append(torch.as_tensor(out["image"]).float())
+        labels.append(torch.as_tensor(out["label"]).float())
+    return torch.stack(images), torch.stack(labels)
+
+
+def lr_at(elapsed: float, budget: float, peak: float, warmup: float = 120.0) -> float:
+    if elapsed < warmup:
+        return peak * max(elapsed / warmup, 0.05)
+    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0))))
+
+
+def dice_score(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor], autocast: bool) -> float:
+    model.eval()
+    images, labels = data
+    inter = total = 0.0
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        for start in range(0, len(images), 2):
+            pred = model(images[start:start + 2]).float().argmax(1, keepdim=True)
+            truth = labels[start:start + 2]
+            inter += float((pred * truth).sum())
+            total += float(pred.sum() + truth.sum())
+    model.train()
+    return 2 * inter / max(total, 1.0)
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=Path("ae_config.yaml"))
+    parser.add_argument("--out", type=Path, default=Path("models/demo_unetr"))
+    parser.add_argument("--minutes", type=float, default=80.0)
+    parser.add_argument("--lr", type=float, default=4e-4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool", type=int, default=64)
+    parser.add_argument("--fresh-every", type=int, default=2, help="take a fresh crop every N steps")
+    parser.add_argument("--validate-minutes", type=float, default=6.0)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/ainode_train"),
+                        help="where the resumable checkpoint (with optimiser state) goes")
+    parser.add_argument("--resume", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    config = load_config(args.config).model
+    roi = config.unetr.img_size[0]
+    spacing = float((config.preprocessing.spacing or (1.0, 1.0, 1.0))[0])
+    intensity = config.preprocessing.intensity
+    settings = CropSettings(size=roi + 8, spacing_mm=spacing, lower_percentile=intensity.lower_percentile,
+                            upper_percentile=intensity.upper_percentile)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    autocast = not cuda
+    model = build_unetr(config.unetr).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-5)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = {"step": 0, "seconds": 0.0, "best": -1.0, "history": []}
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.resume and (args.work / "checkpoint.pt").exists():
+        ckpt = torch.load(args.work / "checkpoint.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimiser.load_state_dict(ckpt["optimizer"])
+        state = ckpt["state"]
+    LOGGER.info("UNETR %d parameters, ROI %d at %.2f mm, device %s, bf16 autocast %s",
+                sum(p.numel() for p in model.parameters()), roi, spacing, device, autocast)
+    val_stream = crop_stream(10_000 + args.seed, replace(settings, size=roi))
+    val_crops = [next(val_stream) for _ in range(16)]
+    validation = (torch.stack([torch.as_tensor(i[None]) for i, _ in val_crops]),
+                  torch.stack([torch.as_tensor(l[None]) for _, l in val_crops]))
+    _, queue = start_producer(args.seed + state["step"], settings)
+    augment = augmentations(roi)
+    pool: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=args.pool)
+    budget = args.minutes * 60.0
+    start = time.monotonic() - state["seconds"]
+    next_val = time.monotonic() + args.validate_minutes * 60.0
+    losses: list[float] = []
+    model.train()
+    while (elapsed := time.monotonic() - start) < budget:
+        images, labels = to_batch(next_samples(queue, pool, 8, state["step"] % args.fresh_every == 0), augment)
+        for group in optimiser.param_groups:
+            group["lr"] = lr_at(elapsed, budget, args.lr)
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            logits = model(images.to(device))
+        loss = loss_fn(logits.float(), labels.to(device))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        losses.append(float(loss.detach()))
+        state["step"] += 1
+        if state["step"] % 50 == 0:
+            LOGGER.info("step %d  %.0f s  loss %.4f  lr %.2e", state["step"], elapsed,
+                        float(np.mean(losses[-50:])), optimiser.param_groups[0]["lr"])
+        if time.monotonic() >= next_val or time.monotonic() - start >= budget:
+            next_val = time.monotonic() + args.validate_minutes * 60.0
+            _validate(model, validation, autocast, state, optimiser, args, elapsed, losses, config)
+    _validate(model, validation, autocast, state, optimiser, args, time.monotonic() - start, losses, config)
+    return 0
+
+
+def _validate(model: torch.nn.Module, validation: tuple[torch.Tensor, torch.Tensor], autocast: bool,
+              state: dict, optimiser: torch.optim.Optimizer, args: argparse.Namespace,
+              elapsed: float, losses: list[float], config: object) -> None:
+    dice = dice_score(model, validation, autocast)
+    state["seconds"] = elapsed
+    state["history"].append({"step": state["step"], "seconds": round(elapsed, 1),
+                             "loss": float(np.mean(losses[-100:])) if losses else None, "val_dice": dice})
+    LOGGER.info("validation: step %d, %.1f min, crop Dice %.4f (best %.4f)",
+                state["step"], elapsed / 60, dice, state["best"])
+    if dice > state["best"]:
+        state["best"] = dice
+        save_atomic(model.state_dict(), args.out / "weights.pt")
+        LOGGER.info("saved best weights to %s", args.out / "weights.pt")
+    save_atomic({"model": model.state_dict(), "optimizer": optimiser.state_dict(), "state": state},
+                args.work / "checkpoint.pt")
+    (args.out / "training_log.json").write_text(json.dumps(state["history"], indent=1))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
