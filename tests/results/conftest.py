@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import peewee
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from inference.outputs import write_outputs
 from inference.synthetic.dicom_series import (
     ORIENTATIONS,
     SeriesSpec,
@@ -34,6 +37,7 @@ from inference.types import (
     SourceSlice,
     Volume,
 )
+from storage.db import init_database
 
 WEIGHTS_SHA = hashlib.sha256(b"test weights").hexdigest()
 PROVENANCE = ModelProvenance(
@@ -180,3 +184,20 @@ def free_port() -> int:
 @pytest.fixture
 def case(tmp_path: Path) -> tuple[list[Path], SegmentationResult]:
     return build_case(tmp_path / "series")
+
+
+@pytest.fixture
+def node_db(tmp_path: Path) -> Iterator[peewee.Database]:
+    """The node's database in a temporary folder, with the results tables."""
+    db = init_database(tmp_path / "db" / "node.sqlite")
+    yield db
+    db.close()
+
+
+@pytest.fixture(scope="session")
+def result_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An RT-Struct, SEG and SR of a small known case (written once per session)."""
+    root = tmp_path_factory.mktemp("results")
+    _, result = build_case(root / "series")
+    paths = write_outputs(result, ["rtstruct", "seg", "sr"], root / "out")
+    return {p.stem: p for p in paths}
