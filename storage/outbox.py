@@ -33,7 +33,8 @@ import pydicom
 from config.errors import DeliveryError, StorageError
 from config.schema import Delivery as DeliverySettings
 from config.schema import NodeConfig
-from storage.db import BaseModel, database
+from storage.db import BaseModel
+from storage.models import write_transaction
 
 LOGGER = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def enqueue(
                 )
             )  # fmt: skip
     try:
-        with database.atomic():
+        with write_transaction():
             for row in rows:
                 row.save()
     except peewee.PeeweeException as exc:

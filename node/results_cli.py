@@ -1,0 +1,126 @@
+"""``ai-node retry`` and ``ai-node followup show PATIENT_ID [--json]``.
+
+``retry [--id N ...]`` puts dead deliveries (all, or the given ids) back to
+``pending`` with their attempt count reset; the delivery service of a running
+``ai-node serve`` sends them at its next poll.
+
+``followup show PATIENT_ID [--json]`` prints the patient's studies, oldest
+first, with each series' segmentation runs and their lesions (see
+:func:`storage.followup.patient_report` for the JSON shape).  It shows PHI:
+it is an administrator's command.  Exit status 1 when the patient is unknown.
+
+Registered in :mod:`node.cli` through :data:`COMMANDS`.  No torch here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from config.schema import NodeConfig
+
+
+def add_retry(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "retry", parents=[common], help="send dead deliveries again"
+    )
+    parser.add_argument(
+        "--id", type=int, action="append", dest="ids", help="only this delivery id"
+    )
+    parser.set_defaults(handler=retry)
+
+
+def add_followup(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("followup", help="follow-up record of a patient")
+    actions = parser.add_subparsers(
+        dest="followup_command", required=True, metavar="ACTION"
+    )
+    show = actions.add_parser(
+        "show", parents=[common], help="a patient's studies and lesions"
+    )
+    show.add_argument("patient_id", help="PatientID (0010,0020)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(handler=followup_show)
+
+
+COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
+    add_retry,
+    add_followup,
+]
+
+
+def retry(args: argparse.Namespace, config: NodeConfig) -> int:
+    from storage import outbox
+
+    _open_database(config)
+    count = outbox.retry_dead(args.ids)
+    print(f"{count} dead deliver{'y' if count == 1 else 'ies'} queued again")
+    return 0
+
+
+def followup_show(args: argparse.Namespace, config: NodeConfig) -> int:
+    from storage.followup import patient_report
+
+    _open_database(config)
+    report = patient_report(args.patient_id)
+    if report is None:
+        print(f"no follow-up record for patient {args.patient_id!r}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_report(report, sys.stdout)
+    return 0
+
+
+def deliveries_status(limit: int | None = None) -> list[dict[str, object]]:
+    """The ``deliveries`` list of ``ai-node status --json`` (most recent first)."""
+    from storage import outbox
+
+    return [d.as_dict() for d in outbox.list_deliveries(limit or 200)]
+
+
+def print_report(report: dict[str, Any], out: TextIO) -> None:
+    patient = report["patient"]
+    out.write(
+        f"Patient {patient['patient_id']}  {patient['patient_name']}  "
+        f"born {patient['birth_date'] or '?'}  sex {patient['sex'] or '?'}\n"
+    )
+    for study in report["studies"]:
+        out.write(
+            f"  Study {study['study_date'] or '?'}  accession {study['accession_number'] or '-'}  "
+            f"{study['study_instance_uid']}\n"
+        )
+        for series in study["series"]:
+            out.write(
+                f"    Series {series['series_description']!r}  {series['series_instance_uid']}\n"
+            )
+            for run in series["runs"]:
+                _print_run(run, out)
+
+
+def _print_run(run: dict[str, Any], out: TextIO) -> None:
+    model = run["model"]
+    out.write(
+        f"      Run {run['run_id']} (job {run['job_id']}): {model['name']} {model['version']} "
+        f"weights {model['weights_sha256'][:12]}  {run['status']}  {len(run['lesions'])} lesion(s)\n"
+    )
+    for lesion in run["lesions"]:
+        x, y, z = lesion["centroid_lps_mm"]
+        first, last = lesion["slice_range"]
+        out.write(
+            f"        {lesion['name']:<9} {lesion['volume_mm3']:>10.1f} mm3  axial "
+            f"{lesion['longest_axial_diameter_mm']:.1f} x {lesion['perpendicular_axial_diameter_mm']:.1f} mm  "
+            f"3D {lesion['longest_3d_diameter_mm']:.1f} mm  slices {first}-{last}  "
+            f"centroid LPS ({x:.1f}, {y:.1f}, {z:.1f})\n"
+        )
+
+
+def _open_database(config: NodeConfig) -> None:
+    from storage.db import init_database
+
+    init_database(config.database_path, config.database_url)
