@@ -1,0 +1,195 @@
+"""The worker process: ``python -m inference.worker --config ae_config.yaml``.
+
+Claims queued jobs one at a time, runs the configured task (``worker.task``,
+``module:function``, imported lazily at the first job so that this module
+never imports torch itself), and marks the job ``succeeded`` or
+``failed(reason)``:
+
+* a :class:`~config.errors.NodeError` from the task fails the job with its message;
+* any other exception is logged with its traceback and fails the job with
+  ``internal error: <exc>``;
+* SIGTERM (``ai-node serve`` stopping) puts the running job back in the queue,
+  not counting the attempt, and exits.
+
+The worker exits within about a second when its parent (``ai-node serve``)
+dies, even by ``kill -9``, so no orphan keeps claiming jobs; the job it was
+running stays ``running`` and is re-queued when the node starts again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from config.errors import ConfigError, NodeError
+from config.loader import load_config
+from config.schema import NodeConfig
+from storage.db import init_database
+from storage.jobs import JobContext, claim_next, finish
+from storage.models import JOB_QUEUED, JOB_RUNNING, Job, connected, write_transaction
+
+LOGGER = logging.getLogger("inference.worker")
+
+Task = Callable[[JobContext], None]
+PARENT_POLL_SECONDS = 1.0
+
+
+class WorkerShutdown(BaseException):
+    """Raised in the main thread by SIGTERM; not an Exception, so tasks do not swallow it."""
+
+
+def load_task(name: str) -> Task:
+    """Import ``module:function``; ConfigError naming the key when it cannot be loaded."""
+    module_name, _, function_name = name.partition(":")
+    if not module_name or not function_name:
+        raise ConfigError(f"worker.task = {name!r}: expected 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+        task = getattr(module, function_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"worker.task = {name!r} cannot be loaded: {exc}") from exc
+    if not callable(task):
+        raise ConfigError(f"worker.task = {name!r} is not callable")
+    return task  # type: ignore[no-any-return]
+
+
+def run_job(context: JobContext, task_name: str) -> bool:
+    """Run one claimed job to its end state; True when it succeeded."""
+    LOGGER.info(
+        "job %d: series %s, %d instance(s): running %s",
+        context.job_id,
+        context.series_instance_uid,
+        len(context.instance_paths),
+        task_name,
+    )
+    started = time.monotonic()
+    ok, reason = False, None
+    try:
+        load_task(task_name)(context)
+        ok = True
+    except NodeError as exc:
+        reason = str(exc) or type(exc).__name__
+    except WorkerShutdown:
+        _requeue_own(context.job_id)
+        raise
+    except Exception as exc:
+        LOGGER.exception("job %d: internal error", context.job_id)
+        reason = f"internal error: {exc!r}"
+    with connected():
+        current = finish(context.job_id, ok, reason)
+    elapsed = time.monotonic() - started
+    if not current:
+        LOGGER.info(
+            "job %d: superseded while running; its result is outdated", context.job_id
+        )
+    elif ok:
+        LOGGER.info("job %d: succeeded in %.1f s", context.job_id, elapsed)
+    else:
+        LOGGER.warning("job %d: failed in %.1f s: %s", context.job_id, elapsed, reason)
+    return ok and current
+
+
+def _requeue_own(job_id: int) -> None:
+    """On shutdown: the job goes back to the queue and the attempt does not count."""
+    with connected(), write_transaction():
+        Job.update(
+            state=JOB_QUEUED,
+            attempts=Job.attempts - 1,
+            worker_pid=None,
+            started_at=None,
+        ).where((Job.id == job_id) & (Job.state == JOB_RUNNING)).execute()
+    LOGGER.info("job %d: re-queued (worker stopping)", job_id)
+
+
+def run_worker(
+    config: NodeConfig, stop: threading.Event, max_jobs: int | None = None
+) -> int:
+    """Claim and run jobs until ``stop`` is set (or ``max_jobs`` ran); returns jobs run."""
+    done = 0
+    while not stop.is_set() and (max_jobs is None or done < max_jobs):
+        with connected():
+            context = claim_next(config)
+        if context is None:
+            stop.wait(config.worker.poll_interval_seconds)
+            continue
+        run_job(context, config.worker.task)
+        done += 1
+    return done
+
+
+def watch_parent(
+    parent_pid: int, interval: float = PARENT_POLL_SECONDS
+) -> threading.Thread:
+    """Exit the process as soon as ``parent_pid`` is no longer our parent."""
+
+    def _watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent_pid:
+                LOGGER.error(
+                    "parent process %d is gone; worker %d exits",
+                    parent_pid,
+                    os.getpid(),
+                )
+                logging.shutdown()
+                os._exit(3)
+
+    thread = threading.Thread(target=_watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    raise WorkerShutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m inference.worker", description=__doc__
+    )
+    parser.add_argument(
+        "--config", default="ae_config.yaml", help="ae_config.yaml to use"
+    )
+    parser.add_argument("--data-dir", help="override data_dir")
+    parser.add_argument(
+        "--no-parent-watch",
+        action="store_true",
+        help="keep running when the parent exits",
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, overrides={"data_dir": args.data_dir})
+    except ConfigError as exc:
+        print(f"inference.worker: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s",
+    )
+    if not args.no_parent_watch:
+        watch_parent(os.getppid())
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    init_database(config.database_path, config.database_url)
+    LOGGER.info(
+        "worker %d ready: task %s, data %s",
+        os.getpid(),
+        config.worker.task,
+        config.data_dir,
+    )
+    try:
+        run_worker(config, threading.Event())
+    except (WorkerShutdown, KeyboardInterrupt):
+        LOGGER.info("worker %d stopping", os.getpid())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Event handlers of the Storage SCP: small functions, registered in a list.
+
+Each runs in the association's own thread (pynetdicom).  Dependencies go in
+through the handler's argument list (see :func:`build_handlers`), not globals.
+``handle_store`` stores and records; it never runs inference, since it holds the
+peer's association open.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+
+from config.schema import NodeConfig
+from node import access, statuses
+from node.receive import FAILED, Receiver
+from node.sessions import Sessions
+from storage.completion import complete_if_count_matches
+from storage.models import connected
+
+LOGGER = logging.getLogger(__name__)
+
+
+def handle_requested(event: Event, config: NodeConfig) -> None:
+    """EVT_REQUESTED: reject (A-ASSOCIATE-RJ) an unknown calling AE or a wrong called AE."""
+    assoc = event.assoc
+    primitive = cast(A_ASSOCIATE, assoc.requestor.primitive)
+    calling, called = str(primitive.calling_ae_title), str(primitive.called_ae_title)
+    address = str(assoc.requestor.address)
+    refused = access.refusal(config, calling, called, address)
+    if refused is None:
+        return
+    LOGGER.warning(
+        "association from %s:%s rejected: %s",
+        address,
+        assoc.requestor.port,
+        refused.reason,
+    )
+    assoc.acse.send_reject(
+        access.REJECTED_PERMANENT, access.SOURCE_SERVICE_USER, refused.diagnostic
+    )
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()  # as pynetdicom's own rejection does: waits until the A-ASSOCIATE-RJ is out
+
+
+def handle_established(event: Event, sessions: Sessions) -> None:
+    """EVT_ESTABLISHED: start the association's tally."""
+    sessions.open(event.assoc)
+
+
+def handle_echo(event: Event) -> int:
+    """EVT_C_ECHO: always 0x0000 Success."""
+    return statuses.SUCCESS
+
+
+def handle_store(event: Event, receiver: Receiver, sessions: Sessions) -> int:
+    """EVT_C_STORE: store durably, then answer.
+
+    Statuses: SUCCESS 0x0000 (stored, or a duplicate already stored);
+    OUT_OF_RESOURCES 0xA700; DATA_SET_DOES_NOT_MATCH 0xA900; CANNOT_UNDERSTAND
+    0xC210; INVALID_UID 0xC211; UID_CONFLICT 0xC212 (see :mod:`node.statuses`).
+    """
+    request = cast(C_STORE, event.request)
+    calling = str(event.assoc.requestor.ae_title).strip()
+    try:
+        data = event.encoded_dataset()
+    except AttributeError as exc:  # not a C-STORE request with a dataset
+        LOGGER.warning("C-STORE from %r: no dataset: %s", calling, exc)
+        return statuses.CANNOT_UNDERSTAND
+    outcome = receiver.receive(
+        data,
+        str(request.AffectedSOPClassUID or ""),
+        str(request.AffectedSOPInstanceUID or ""),
+        calling,
+    )
+    sessions.count(event.assoc, outcome)
+    if outcome.result == FAILED:
+        LOGGER.warning(
+            "C-STORE from %r refused with 0x%04X: %s",
+            calling,
+            outcome.status,
+            outcome.reason,
+        )
+    return outcome.status
+
+
+def handle_released(event: Event, sessions: Sessions, config: NodeConfig) -> None:
+    """EVT_RELEASED: complete at once every series it sent whose count matches; log its line."""
+    session = sessions.get(event.assoc)
+    if session is None:
+        return
+    try:
+        if session.series_ids:
+            with connected():
+                complete_if_count_matches(
+                    sorted(session.series_ids), config.receive.segment_sop_classes
+                )
+    finally:
+        sessions.close(event.assoc, "released")
+
+
+def handle_aborted(event: Event, sessions: Sessions) -> None:
+    """EVT_ABORTED: log its line; the series it sent wait for their idle timers."""
+    sessions.close(event.assoc, "aborted")
+
+
+def build_handlers(
+    config: NodeConfig, receiver: Receiver, sessions: Sessions
+) -> list[tuple[Any, ...]]:
+    """The SCP's handlers, in the form ``AE.start_server(evt_handlers=...)`` takes."""
+    return [
+        (evt.EVT_REQUESTED, handle_requested, [config]),
+        (evt.EVT_ESTABLISHED, handle_established, [sessions]),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [receiver, sessions]),
+        (evt.EVT_RELEASED, handle_released, [sessions, config]),
+        (evt.EVT_ABORTED, handle_aborted, [sessions]),
+    ]

@@ -1,0 +1,132 @@
+"""``ai-node serve``: the Storage SCP, the completion detector and the worker supervisor.
+
+Start-up order matters, so nothing received is dropped:
+
+1. open the database (creating tables), open the instance store;
+2. reconcile: index every stored file missing from the database (power loss);
+3. re-queue jobs left ``running`` by a previous run;
+4. restart the idle timer of every series still receiving;
+5. listen (Storage SCP), start the completion detector, start the workers.
+
+:class:`Node` is the same thing without signal handling, for tests and embedding.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from pynetdicom.transport import ThreadedAssociationServer
+
+from config.loader import log_effective
+from config.schema import NodeConfig
+from node.ae import accepted_sop_classes, build_ae
+from node.handlers import build_handlers
+from node.receive import Receiver
+from node.sessions import Sessions
+from node.supervisor import WorkerSupervisor, worker_command
+from storage.completion import CompletionDetector, resume_timers
+from storage.db import init_database
+from storage.jobs import requeue_interrupted
+from storage.models import connected
+from storage.reconcile import reconcile
+from storage.store import InstanceStore
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Node:
+    """The running node: call :meth:`start`, later :meth:`stop`."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.sessions = Sessions()
+        self.server: ThreadedAssociationServer | None = None
+        self.detector: CompletionDetector | None = None
+        self.supervisor: WorkerSupervisor | None = None
+        #: extra services (start(), stop()) started after the SCP, e.g. result delivery
+        self.services: list[Any] = []
+
+    def start(self) -> None:
+        config = self.config
+        init_database(config.database_path, config.database_url)
+        store = InstanceStore(config.data_dir, config.receive.min_free_disk_mb)
+        with connected():
+            reconcile(store)
+            requeue_interrupted(config.worker.max_attempts)
+            resume_timers(time.time())
+        ae = build_ae(config)
+        handlers = build_handlers(config, Receiver(store), self.sessions)
+        self.server = ae.start_server(
+            (config.bind, config.port), block=False, evt_handlers=handlers
+        )
+        LOGGER.info(
+            "Storage SCP %s listening on %s:%d (%d storage SOP classes)",
+            config.ae_title,
+            config.bind,
+            self.port,
+            len(accepted_sop_classes(config)),
+        )
+        self.detector = CompletionDetector(
+            config.completion.idle_seconds,
+            config.completion.check_interval_seconds,
+            config.receive.segment_sop_classes,
+        )
+        self.detector.start()
+        if config.worker.processes:
+            self.supervisor = WorkerSupervisor(
+                worker_command(config),
+                config.worker.processes,
+                config.worker.max_attempts,
+            )
+            self.supervisor.start()
+        for service in self.services:
+            service.start()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        if self.server is not None:
+            self.server.shutdown()
+        if self.detector is not None:
+            self.detector.stop()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        LOGGER.info("node stopped")
+
+
+def serve(config: NodeConfig) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit status."""
+    log_effective(config)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        LOGGER.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    node = Node(config)
+    try:
+        node.start()
+    except OSError as exc:
+        LOGGER.error(
+            "cannot listen on %s:%d: %s", config.bind, config.port, exc.strerror or exc
+        )
+        node.stop()
+        return 1
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        node.stop()
+    return 0

@@ -1,0 +1,217 @@
+"""Series completion: when has a sender finished a series?
+
+A series is complete
+
+* after ``completion.idle_seconds`` with no new instance (the idle timer,
+  ``ReceivedSeries.idle_since``, persisted), or
+* at once when an association that sent to it is released and the number of
+  stored instances equals the number the instances announce: the sum of
+  ImagesInAcquisition over the series' acquisitions (AcquisitionNumber), or 1 for
+  a series made of a single Enhanced (multi-frame) instance.
+
+Completing a series whose instances include a SOP class listed in
+``receive.segment_sop_classes`` queues a job for it (one write transaction,
+so a series is queued exactly once per completion).  Earlier jobs of the same
+series get ``superseded_by`` pointing at the new one.
+
+After a restart, :func:`resume_timers` restarts the idle timer of every series
+still receiving at the start-up time: a sender that was cut off by the restart
+gets a full idle period to resume, and nothing received is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from storage.db import database
+from storage.models import (
+    COMPLETED_BY_COUNT,
+    COMPLETED_BY_IDLE,
+    JOB_QUEUED,
+    SERIES_COMPLETE,
+    SERIES_RECEIVING,
+    Job,
+    ReceivedInstance,
+    ReceivedSeries,
+    write_transaction,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+#: multi-frame classes of which one instance is a whole series
+ENHANCED_IMAGE_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
+        "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image Storage
+        "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+        "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET Image Storage
+        "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
+    }
+)
+
+
+def expected_count(rows: Sequence[tuple[str, int | None, int | None]]) -> int | None:
+    """The instance count a series announces, from ``(sop_class, acquisition, images)`` rows.
+
+    ``None`` when it announces none (or contradicts itself): then only the idle
+    timer completes the series.
+    """
+    if len(rows) == 1 and rows[0][0] in ENHANCED_IMAGE_CLASSES:
+        return 1
+    announced: dict[int | None, set[int | None]] = defaultdict(set)
+    for _sop_class, acquisition, images in rows:
+        announced[acquisition].add(images)
+    total = 0
+    for values in announced.values():
+        if len(values) != 1:
+            return None
+        (images,) = values
+        if images is None or images < 1:
+            return None
+        total += images
+    return total
+
+
+def complete_if_count_matches(
+    series_ids: Iterable[int], segment_classes: Sequence[str]
+) -> None:
+    """Called when an association is released: complete every series whose count matches."""
+    for series_id in series_ids:
+        with write_transaction():
+            series = ReceivedSeries.get_or_none(ReceivedSeries.id == series_id)
+            if series is None or series.state != SERIES_RECEIVING:
+                continue
+            expected = expected_count(_announcements(series_id))
+            if expected != series.expected_count:
+                ReceivedSeries.update(expected_count=expected).where(
+                    ReceivedSeries.id == series_id
+                ).execute()
+            if expected is not None and expected == series.instance_count:
+                _complete(series, COMPLETED_BY_COUNT, segment_classes, time.time())
+
+
+def complete_idle_series(
+    now: float, idle_seconds: float, segment_classes: Sequence[str]
+) -> list[int]:
+    """Complete every receiving series idle for ``idle_seconds``; returns their ids."""
+    cutoff = now - idle_seconds
+    candidates = [
+        s.id
+        for s in ReceivedSeries.select(ReceivedSeries.id).where(
+            (ReceivedSeries.state == SERIES_RECEIVING)
+            & (ReceivedSeries.idle_since <= cutoff)
+        )
+    ]
+    done = []
+    for series_id in candidates:
+        with write_transaction():
+            series = ReceivedSeries.get_or_none(ReceivedSeries.id == series_id)
+            if (
+                series is None
+                or series.state != SERIES_RECEIVING
+                or series.idle_since > cutoff
+            ):
+                continue  # something arrived meanwhile
+            _complete(series, COMPLETED_BY_IDLE, segment_classes, now)
+            done.append(series_id)
+    return done
+
+
+def resume_timers(now: float) -> int:
+    """At start-up: every series still receiving gets a fresh idle period from ``now``."""
+    with write_transaction():
+        count: int = (
+            ReceivedSeries.update(idle_since=now)
+            .where(
+                (ReceivedSeries.state == SERIES_RECEIVING)
+                & (ReceivedSeries.idle_since < now)
+            )
+            .execute()
+        )
+    if count:
+        LOGGER.info("resumed the idle timer of %d series still receiving", count)
+    return count
+
+
+def _announcements(series_id: int) -> list[tuple[str, int | None, int | None]]:
+    query = ReceivedInstance.select(
+        ReceivedInstance.sop_class_uid,
+        ReceivedInstance.acquisition_number,
+        ReceivedInstance.images_in_acquisition,
+    ).where(ReceivedInstance.series == series_id)
+    return [
+        (r.sop_class_uid, r.acquisition_number, r.images_in_acquisition) for r in query
+    ]
+
+
+def _is_segmented(series_id: int, segment_classes: Sequence[str]) -> bool:
+    query = ReceivedInstance.select(ReceivedInstance.id).where(
+        (ReceivedInstance.series == series_id)
+        & (ReceivedInstance.sop_class_uid.in_(list(segment_classes)))
+    )
+    return bool(query.exists())
+
+
+def _complete(
+    series: ReceivedSeries, how: str, segment_classes: Sequence[str], now: float
+) -> Job | None:
+    """Inside a write transaction: mark complete and queue a job when the class is segmented."""
+    ReceivedSeries.update(
+        state=SERIES_COMPLETE, completed_at=now, completed_by=how
+    ).where(ReceivedSeries.id == series.id).execute()
+    job = None
+    if _is_segmented(series.id, segment_classes):
+        job = Job.create(
+            series=series.id,
+            series_instance_uid=series.series_instance_uid,
+            study_instance_uid=series.study_instance_uid,
+            calling_ae_title=series.calling_ae_title,
+            state=JOB_QUEUED,
+            instance_count=series.instance_count,
+            created_at=now,
+        )
+        Job.update(superseded_by=job.id).where(
+            (Job.series == series.id) & (Job.id != job.id) & Job.superseded_by.is_null()
+        ).execute()
+    LOGGER.info(
+        "series %s complete (%s): %d instance(s), modality %s, %s",
+        series.series_instance_uid,
+        how,
+        series.instance_count,
+        series.modality or "?",
+        f"job {job.id} queued" if job else "stored only (not a segmented SOP class)",
+    )
+    return job
+
+
+class CompletionDetector(threading.Thread):
+    """Background thread of ``ai-node serve`` that runs the idle timer."""
+
+    def __init__(
+        self, idle_seconds: float, interval: float, segment_classes: Sequence[str]
+    ) -> None:
+        super().__init__(name="completion-detector", daemon=True)
+        self.idle_seconds = idle_seconds
+        self.interval = interval
+        self.segment_classes = tuple(segment_classes)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                with database.connection_context():
+                    complete_idle_series(
+                        time.time(), self.idle_seconds, self.segment_classes
+                    )
+            except Exception:  # keep the timer alive whatever one round hit
+                LOGGER.exception(
+                    "completion check failed; retrying in %.1f s", self.interval
+                )
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)

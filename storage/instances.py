@@ -1,0 +1,262 @@
+"""What the node needs to know about an instance, and recording it in the database.
+
+:class:`InstanceHeader` is read from the encoded bytes with pydicom, stopping
+before the pixel data and reading the few elements it needs from their raw
+bytes, so no value is decoded more than needed and pydicom's value validation
+never sees a hostile UID (we validate UIDs ourselves, in :mod:`storage.store`).
+
+:func:`record_instance` adds a stored file to the index in one short write
+transaction: it creates the series on its first instance, counts the instance,
+restarts the series' idle timer, and reopens a complete series (superseding its
+queued or running jobs) when a new instance arrives late.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import peewee
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from config.errors import StorageError
+from storage.models import (
+    JOB_QUEUED,
+    JOB_RUNNING,
+    JOB_SUPERSEDED,
+    SERIES_COMPLETE,
+    SERIES_RECEIVING,
+    Job,
+    ReceivedInstance,
+    ReceivedSeries,
+    write_transaction,
+)
+from storage.store import validate_uid
+
+LOGGER = logging.getLogger(__name__)
+
+RECORDED = "recorded"
+DUPLICATE = "duplicate"
+CONFLICT = "conflict"
+
+
+class UnreadableDatasetError(StorageError):
+    """The received bytes are not a dataset the node can read."""
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The identifying elements of one instance, with its UIDs validated."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str = ""
+    instance_number: int | None = None
+    acquisition_number: int | None = None
+    images_in_acquisition: int | None = None
+    number_of_frames: int | None = None
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> InstanceHeader:
+        """Parse a DICOM file (preamble + file meta + dataset); raises UnreadableDatasetError
+        or InvalidUIDError (a StorageError too)."""
+        try:
+            ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+            return cls._from_dataset(ds)
+        except StorageError:
+            raise
+        except (
+            InvalidDicomError,
+            ValueError,
+            KeyError,
+            EOFError,
+            OSError,
+            TypeError,
+        ) as exc:
+            raise UnreadableDatasetError(f"dataset cannot be parsed: {exc}") from exc
+        except Exception as exc:  # pydicom raises a wide range on malformed input
+            raise UnreadableDatasetError(f"dataset cannot be parsed: {exc!r}") from exc
+
+    @classmethod
+    def from_file(cls, path: Path) -> InstanceHeader:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UnreadableDatasetError(f"{path}: {exc.strerror}") from exc
+        return cls.from_bytes(data)
+
+    @classmethod
+    def _from_dataset(cls, ds: Dataset) -> InstanceHeader:
+        meta = ds.file_meta
+        return cls(
+            sop_class_uid=validate_uid(_text(ds, "SOPClassUID"), "SOPClassUID"),
+            sop_instance_uid=validate_uid(
+                _text(ds, "SOPInstanceUID"), "SOPInstanceUID"
+            ),
+            study_instance_uid=validate_uid(
+                _text(ds, "StudyInstanceUID"), "StudyInstanceUID"
+            ),
+            series_instance_uid=validate_uid(
+                _text(ds, "SeriesInstanceUID"), "SeriesInstanceUID"
+            ),
+            transfer_syntax_uid=validate_uid(
+                _text(meta, "TransferSyntaxUID"), "TransferSyntaxUID"
+            ),
+            modality=(_text(ds, "Modality") or "")[:16],
+            instance_number=_integer(ds, "InstanceNumber"),
+            acquisition_number=_integer(ds, "AcquisitionNumber"),
+            images_in_acquisition=_integer(ds, "ImagesInAcquisition"),
+            number_of_frames=_integer(ds, "NumberOfFrames"),
+        )
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    """The value of a single-valued text element, from its raw bytes when not yet decoded."""
+    if keyword not in ds:
+        return None
+    element = ds.get_item(keyword)
+    value = element.value
+    if isinstance(value, bytes):
+        text = value.decode("ascii", errors="replace")
+    elif value is None:
+        return None
+    else:
+        text = str(value)
+    return text.strip("\x00 ")
+
+
+def _integer(ds: Dataset, keyword: str) -> int | None:
+    text = _text(ds, keyword)
+    if not text:
+        return None
+    try:
+        return int(float(text.split("\\")[0]))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    """What :func:`record_instance` did: ``recorded``, ``duplicate`` or ``conflict``."""
+
+    result: str
+    series_id: int
+    reopened: bool = False
+    detail: str = ""
+
+
+def find_instance(sop_instance_uid: str) -> ReceivedInstance | None:
+    return ReceivedInstance.get_or_none(
+        ReceivedInstance.sop_instance_uid == sop_instance_uid
+    )
+
+
+def record_instance(
+    header: InstanceHeader,
+    relative_path: Path,
+    size: int,
+    calling_ae_title: str,
+    now: float,
+) -> RecordOutcome:
+    """Index one durably stored instance; one write transaction."""
+    with write_transaction():
+        existing = find_instance(header.sop_instance_uid)
+        if existing is not None:
+            return _duplicate(existing, header, now)
+        series, reopened = _series_for(header, calling_ae_title, now)
+        ReceivedInstance.create(
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            series=series,
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            path=relative_path.as_posix(),
+            size=size,
+            received_at=now,
+            calling_ae_title=calling_ae_title,
+            instance_number=header.instance_number,
+            acquisition_number=header.acquisition_number,
+            images_in_acquisition=header.images_in_acquisition,
+            number_of_frames=header.number_of_frames,
+        )
+        ReceivedSeries.update(instance_count=ReceivedSeries.instance_count + 1).where(
+            ReceivedSeries.id == series.id
+        ).execute()
+    return RecordOutcome(RECORDED, series.id, reopened)
+
+
+def _duplicate(
+    existing: ReceivedInstance, header: InstanceHeader, now: float
+) -> RecordOutcome:
+    series: ReceivedSeries = existing.series
+    if series.series_instance_uid != header.series_instance_uid:
+        return RecordOutcome(
+            CONFLICT,
+            series.id,
+            detail=f"SOPInstanceUID already stored in series {series.series_instance_uid}",
+        )
+    if (
+        series.state == SERIES_RECEIVING
+    ):  # the sender is still at work: keep the timer going
+        ReceivedSeries.update(idle_since=now).where(
+            ReceivedSeries.id == series.id
+        ).execute()
+    return RecordOutcome(DUPLICATE, series.id)
+
+
+def _series_for(
+    header: InstanceHeader, calling_ae_title: str, now: float
+) -> tuple[ReceivedSeries, bool]:
+    series = ReceivedSeries.get_or_none(
+        ReceivedSeries.series_instance_uid == header.series_instance_uid
+    )
+    if series is None:
+        series = ReceivedSeries.create(
+            series_instance_uid=header.series_instance_uid,
+            study_instance_uid=header.study_instance_uid,
+            modality=header.modality,
+            sop_class_uid=header.sop_class_uid,
+            calling_ae_title=calling_ae_title,
+            first_received_at=now,
+            last_received_at=now,
+            idle_since=now,
+        )
+        return series, False
+    reopened = series.state == SERIES_COMPLETE
+    update: dict[peewee.Field, object] = {
+        ReceivedSeries.last_received_at: now,
+        ReceivedSeries.idle_since: now,
+        ReceivedSeries.state: SERIES_RECEIVING,
+    }
+    if calling_ae_title:
+        update[ReceivedSeries.calling_ae_title] = calling_ae_title
+    if reopened:
+        update[ReceivedSeries.reopened] = ReceivedSeries.reopened + 1
+        update[ReceivedSeries.completed_at] = None
+        update[ReceivedSeries.completed_by] = None
+        _supersede_jobs(series, now)
+    ReceivedSeries.update(update).where(ReceivedSeries.id == series.id).execute()
+    return series, reopened
+
+
+def _supersede_jobs(series: ReceivedSeries, now: float) -> None:
+    count = (
+        Job.update(
+            state=JOB_SUPERSEDED,
+            reason="series reopened by a late instance",
+            finished_at=now,
+        )
+        .where((Job.series == series.id) & (Job.state.in_((JOB_QUEUED, JOB_RUNNING))))
+        .execute()
+    )
+    LOGGER.info(
+        "series %s reopened by a late instance; %d unfinished job(s) superseded",
+        series.series_instance_uid,
+        count,
+    )

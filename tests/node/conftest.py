@@ -1,0 +1,228 @@
+"""Shared helpers of the node tests: a real node on a free loopback port, real senders.
+
+* ``node_factory(**config)`` starts an in-process :class:`node.server.Node` on a free
+  port with its own data directory (stopped in teardown);
+* ``pynetdicom_send`` / ``storescu`` / ``echoscu`` are real peers over loopback;
+* ``series_dir`` writes a small MR series with the shared builder
+  (``inference.synthetic.dicom_series``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+import yaml
+from pynetdicom import AE, build_context
+
+from config.loader import load_config
+from inference.synthetic.dicom_series import small_series
+from node.server import Node
+from storage.models import Job, ReceivedInstance, ReceivedSeries, connected
+
+AE_TITLE = "AINODE"
+REPO = Path(__file__).resolve().parents[2]
+
+needs_dcmtk = pytest.mark.skipif(
+    shutil.which("storescu") is None, reason="dcmtk not installed"
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(directory: Path, **settings: Any) -> Path:
+    """An ae_config.yaml in ``directory`` (data_dir: ./data) with the given top-level keys."""
+    raw: dict[str, Any] = {
+        "ae_title": AE_TITLE,
+        "bind": "127.0.0.1",
+        "port": free_port(),
+        "data_dir": "data",
+        "completion": {"idle_seconds": 30, "check_interval_seconds": 0.1},
+        "worker": {
+            "processes": 0,
+            "task": "storage.tasks:summarize_series",
+            "poll_interval_seconds": 0.1,
+        },
+        "log_level": "INFO",
+    }
+    for key, value in settings.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    path = directory / "ae_config.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Start nodes (in-process) on free ports; all are stopped at teardown."""
+    started: list[Node] = []
+
+    def start(directory: Path | None = None, **settings: Any) -> Node:
+        directory = directory or tmp_path
+        for attempt in range(5):
+            config = load_config(write_config(directory, **settings))
+            node = Node(config)
+            try:
+                node.start()
+            except OSError:
+                node.stop()
+                if attempt == 4:
+                    raise
+                continue
+            started.append(node)
+            return node
+        raise AssertionError("unreachable")
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+def restart(node: Node) -> Node:
+    """Stop ``node`` and start a new one on the same configuration and port."""
+    node.stop()
+    fresh = Node(node.config)
+    fresh.start()
+    return fresh
+
+
+def series_dir(directory: Path, n_slices: int = 6, **spec: Any) -> list[Path]:
+    return small_series(directory, n_slices=n_slices, rows=16, cols=16, **spec)
+
+
+def pynetdicom_send(
+    paths: Sequence[Path] | Sequence[pydicom.Dataset],
+    port: int,
+    calling_ae: str = "TESTSCU",
+    called_ae: str = AE_TITLE,
+    release: bool = True,
+) -> list[int]:
+    """C-STORE each file (or dataset) over one association; the statuses, in order."""
+    datasets = [
+        p if isinstance(p, pydicom.Dataset) else pydicom.dcmread(p) for p in paths
+    ]
+    ae = AE(ae_title=calling_ae)
+    contexts = {
+        (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets
+    }
+    ae.requested_contexts = [build_context(uid, ts) for uid, ts in sorted(contexts)]
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    assert assoc.is_established, "association was not established"
+    statuses = []
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status) if "Status" in status else -1)
+    finally:
+        if release:
+            assoc.release()
+        else:
+            assoc.abort()
+    return statuses
+
+
+def associate(port: int, calling_ae: str = "TESTSCU", called_ae: str = AE_TITLE) -> Any:
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    return ae.associate("127.0.0.1", port, ae_title=called_ae)
+
+
+def storescu(
+    inputs: Sequence[str | Path],
+    port: int,
+    options: Sequence[str] = (),
+    calling_ae: str = "STORESCU",
+    called_ae: str = AE_TITLE,
+) -> subprocess.CompletedProcess[str]:
+    """dcmtk's storescu: ``storescu [options] 127.0.0.1 PORT inputs...``."""
+    command = [
+        "storescu",
+        "-aet",
+        calling_ae,
+        "-aec",
+        called_ae,
+        *options,
+        "127.0.0.1",
+        str(port),
+        *map(str, inputs),
+    ]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def series_state(series_uid: str) -> ReceivedSeries | None:
+    with connected():
+        return ReceivedSeries.get_or_none(
+            ReceivedSeries.series_instance_uid == series_uid
+        )
+
+
+def jobs_of(series_uid: str) -> list[Job]:
+    with connected():
+        return list(
+            Job.select().where(Job.series_instance_uid == series_uid).order_by(Job.id)
+        )
+
+
+def stored_sop_uids(series_uid: str | None = None) -> set[str]:
+    with connected():
+        query = ReceivedInstance.select(ReceivedInstance.sop_instance_uid).join(
+            ReceivedSeries
+        )
+        if series_uid is not None:
+            query = query.where(ReceivedSeries.series_instance_uid == series_uid)
+        return {row.sop_instance_uid for row in query}
+
+
+def uid_of(path: Path, keyword: str = "SeriesInstanceUID") -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).get(keyword))
+
+
+class Tools:
+    """The helpers above, for test modules (which cannot import conftest under importlib mode)."""
+
+    free_port = staticmethod(free_port)
+    write_config = staticmethod(write_config)
+    restart = staticmethod(restart)
+    series_dir = staticmethod(series_dir)
+    pynetdicom_send = staticmethod(pynetdicom_send)
+    associate = staticmethod(associate)
+    storescu = staticmethod(storescu)
+    wait_for = staticmethod(wait_for)
+    series_state = staticmethod(series_state)
+    jobs_of = staticmethod(jobs_of)
+    stored_sop_uids = staticmethod(stored_sop_uids)
+    uid_of = staticmethod(uid_of)
+    AE_TITLE = AE_TITLE
+    REPO = REPO
+
+
+@pytest.fixture
+def tools() -> type[Tools]:
+    return Tools
