@@ -254,10 +254,12 @@ def patient_report(patient_id: str) -> dict[str, Any] | None:
         .order_by(Study.study_date, Study.id)
     ):
         series_list = []
-        for series in study.series.order_by(Series.id):
+        for series in Series.select().where(Series.study == study).order_by(Series.id):
             runs = [
                 _run_dict(run)
-                for run in series.runs.order_by(SegmentationRun.updated_at)
+                for run in SegmentationRun.select()
+                .where(SegmentationRun.series == series)
+                .order_by(SegmentationRun.updated_at)
             ]
             series_list.append({
                 "series_instance_uid": series.series_instance_uid,

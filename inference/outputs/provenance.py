@@ -136,7 +136,16 @@ def save_durably(ds: Dataset, path: Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        _fsync_directory(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise InferenceError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
+
+
+def _fsync_directory(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
