@@ -21,6 +21,7 @@ from typing import Any
 from config.errors import ConfigError, NodeError
 from config.loader import DEFAULT_CONFIG_PATH, load_config
 from config.schema import NodeConfig
+from node.results_cli import COMMANDS as RESULTS_COMMANDS
 
 LOGGER = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def _add_status(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _status(args: argparse.Namespace, config: NodeConfig) -> int:
     from node.report import print_status
+    from node.results_cli import deliveries_status, print_deliveries
     from storage.db import init_database
     from storage.models import connected
     from storage.status import snapshot
@@ -75,11 +77,13 @@ def _status(args: argparse.Namespace, config: NodeConfig) -> int:
     init_database(config.database_path, config.database_url)
     with connected():
         report = snapshot(args.limit)
+        report["deliveries"] = deliveries_status(args.limit)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print_status(report, sys.stdout)
+        print_deliveries(report["deliveries"], sys.stdout)
     return 0
 
 
@@ -120,6 +124,7 @@ COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _add_status,
     _add_echo,
     _add_segment,
+    *RESULTS_COMMANDS,  # retry, followup show (node/results_cli.py)
 ]
 
 

@@ -25,6 +25,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from config.loader import log_effective
 from config.schema import NodeConfig
 from node.ae import accepted_sop_classes, build_ae
+from node.delivery import DeliveryService
 from node.handlers import build_handlers
 from node.receive import Receiver
 from node.sessions import Sessions
@@ -116,6 +117,7 @@ def serve(config: NodeConfig) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     node = Node(config)
+    node.services.append(DeliveryService(config))  # sends the outbox (node/delivery.py)
     try:
         node.start()
     except OSError as exc:
