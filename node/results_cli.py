@@ -84,6 +84,17 @@ def deliveries_status(limit: int | None = None) -> list[dict[str, object]]:
     return [d.as_dict() for d in outbox.list_deliveries(limit or 200)]
 
 
+def print_deliveries(deliveries: list[dict[str, Any]], out: TextIO) -> None:
+    """Rows under the "deliveries (n)" heading of ``ai-node status``."""
+    for d in deliveries:
+        tail = f"  next {d['next_at']}" if d["next_at"] else ""
+        reason = f"  {d['reason']}" if d["reason"] else ""
+        out.write(
+            f"  {d['id']:>5} job {d['job_id']}  {d['kind']:<8} {d['destination']:<32} "
+            f"{d['state']:<8} tries {d['attempts']}{tail}{reason}\n"
+        )
+
+
 def print_report(report: dict[str, Any], out: TextIO) -> None:
     patient = report["patient"]
     out.write(

@@ -35,6 +35,7 @@ from config.schema import Delivery as DeliverySettings
 from config.schema import NodeConfig
 from storage.db import BaseModel
 from storage.models import write_transaction
+from storage.status import iso
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,9 +109,10 @@ class Delivery(BaseModel):
             "destination": f"{self.destination_ae_title}@{self.destination_host}:{self.destination_port}",
             "state": self.state,
             "attempts": self.attempts,
-            "next_at": self.next_at if self.state == RETRYING else None,
+            "next_at": iso(self.next_at) if self.state == RETRYING else None,
             "reason": self.reason or None,
-            "sent_at": self.sent_at,
+            "created_at": iso(self.created_at),
+            "sent_at": iso(self.sent_at),
         }
 
 
