@@ -1,0 +1,213 @@
+"""The real round trip: storescu → Orthanc → (Lua OnStableSeries) → ai-node serve → results → Orthanc.
+
+Orthanc is the Debian package started with a temporary configuration and the
+routing rule of docs/orthanc.md; the node is ``ai-node serve`` as a subprocess
+with Orthanc in its ``peers`` and ``reply_to_sender``.
+
+* ``test_routing_round_trip`` runs the real pipeline with a small random-weight
+  UNETR (always available): it proves the routing, completion, worker, outputs
+  and delivery path, and that results do not loop back to the node.
+* ``test_demo_model_contours_land_on_the_lesions`` uses the committed demo
+  model on a synthetic brain with known metastases: the contours that come back
+  to Orthanc sit on the true lesions and ``ai-node followup show`` measures them
+  close to the truth.  It is skipped while the demo weights are absent.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from config.schema import NodeConfig
+from inference.model import build_unetr
+from tests.results.conftest import build_case, dice, free_port, rasterise_roi
+from tests.results.harness import ORTHANC, NodeProcess, Orthanc, storescu
+
+pytestmark = [
+    pytest.mark.orthanc,
+    pytest.mark.skipif(
+        not Path(ORTHANC).exists(), reason="Debian orthanc is not installed"
+    ),
+    pytest.mark.skipif(
+        shutil.which("storescu") is None, reason="dcmtk is not installed"
+    ),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_WEIGHTS = REPO / "models" / "demo_unetr" / "weights.pt"
+TINY_UNETR = {
+    "img_size": [32, 32, 32],
+    "feature_size": 4,
+    "hidden_size": 48,
+    "mlp_dim": 96,
+    "num_heads": 4,
+}
+
+
+def node_settings(
+    root: Path, orthanc_port: int, model: dict[str, Any], outputs: list[str]
+) -> dict[str, Any]:
+    return {
+        "ae_title": "AINODE",
+        "bind": "127.0.0.1",
+        "port": free_port(),
+        "data_dir": str(root / "data"),
+        "peers": [{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_port}],
+        "destinations": [{"reply_to_sender": True}],
+        "completion": {"idle_seconds": 3, "check_interval_seconds": 0.2},
+        "delivery": {"poll_interval_seconds": 0.2, "backoff_initial_seconds": 1},
+        "worker": {"poll_interval_seconds": 0.2},
+        "outputs": outputs,
+        "model": model,
+        "log_level": "INFO",
+    }
+
+
+def tiny_model(root: Path) -> dict[str, Any]:
+    model = {
+        "name": "tiny random UNETR", "version": "0.0.1", "weights": str(root / "tiny.pt"),
+        "unetr": TINY_UNETR, "preprocessing": {"spacing": [2.0, 2.0, 2.0]},
+        "sliding_window": {"roi_size": [32, 32, 32], "sw_batch_size": 1},
+        "postprocessing": {"min_lesion_mm3": 0}, "precision": "fp32",
+    }  # fmt: skip
+    torch.manual_seed(0)
+    torch.save(
+        build_unetr(
+            NodeConfig.model_validate({"model": model}).model.unetr
+        ).state_dict(),
+        root / "tiny.pt",
+    )
+    return model
+
+
+def _status(node: NodeProcess) -> dict[str, Any]:
+    done = node.run("status", "--json")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def test_routing_round_trip(tmp_path: Path) -> None:
+    node_port_holder = free_port()
+    paths, result = build_case(tmp_path / "case", patient_id="ROUTE1")
+    study_uid, series_uid = (
+        result.volume.study_instance_uid,
+        result.volume.series_instance_uid,
+    )
+    with Orthanc(tmp_path / "orthanc", "AINODE", node_port_holder) as orthanc:
+        settings = node_settings(
+            tmp_path / "node",
+            orthanc.dicom_port,
+            tiny_model(tmp_path),
+            ["rtstruct", "sr"],
+        )
+        settings["port"] = node_port_holder
+        with NodeProcess(tmp_path / "node", settings) as node:
+            storescu(paths, "ORTHANC", orthanc.dicom_port)
+            try:
+                found = orthanc.wait_for_modalities(
+                    study_uid, {"MR", "RTSTRUCT", "SR"}, timeout=180
+                )
+            except TimeoutError:
+                print(node.log()[-4000:])
+                raise
+            rtstruct = pydicom.dcmread(
+                io.BytesIO(orthanc.instance_file(found["RTSTRUCT"]))
+            )
+            assert rtstruct.StudyInstanceUID == study_uid
+            study_ref = rtstruct.ReferencedFrameOfReferenceSequence[
+                0
+            ].RTReferencedStudySequence[0]
+            assert (
+                study_ref.RTReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+            )
+            assert "tiny random UNETR" in rtstruct.SeriesDescription
+            status = _status(node)
+            assert [s["series_instance_uid"] for s in status["series"]] == [
+                series_uid
+            ]  # no loop
+            assert {d["state"] for d in status["deliveries"]} == {"sent"}
+            assert {d["destination"].split("@")[0] for d in status["deliveries"]} == {
+                "ORTHANC"
+            }
+            assert status["jobs"][0]["state"] == "succeeded"
+            assert "sliding_window" in status["jobs"][0]["stage_timings"]
+            shown = node.run("followup", "show", "ROUTE1", "--json")
+            assert shown.returncode == 0, shown.stderr
+            (study,) = json.loads(shown.stdout)["studies"]
+            assert study["study_instance_uid"] == study_uid
+
+
+@pytest.mark.skipif(not DEMO_WEIGHTS.exists(), reason="demo weights not committed yet")
+def test_demo_model_contours_land_on_the_lesions(tmp_path: Path) -> None:
+    from inference.synthetic.case import CaseSpec, write_case
+    from inference.volume import load_series
+
+    truth = write_case(tmp_path / "case", CaseSpec(seed=11, orientation="sagittal", slice_mm=2.0,
+                                                   n_lesions=(2, 3), diameter_range=(8.0, 20.0),
+                                                   patient_id="DEMO1"))  # fmt: skip
+    header = pydicom.dcmread(truth.dicom_paths[0], stop_before_pixels=True)
+    model = {"weights": str(DEMO_WEIGHTS)}
+    with Orthanc(tmp_path / "orthanc", "AINODE", port := free_port()) as orthanc:
+        settings = node_settings(
+            tmp_path / "node", orthanc.dicom_port, model, ["rtstruct", "seg", "sr"]
+        )
+        settings["port"] = port
+        settings.pop(
+            "model"
+        )  # the default model of ae_config.yaml's schema: the demo UNETR
+        default = yaml_model_section()
+        settings["model"] = {**default, "weights": str(DEMO_WEIGHTS)}
+        with NodeProcess(tmp_path / "node", settings) as node:
+            storescu(truth.dicom_paths, "ORTHANC", orthanc.dicom_port)
+            try:
+                found = orthanc.wait_for_modalities(
+                    header.StudyInstanceUID, {"RTSTRUCT", "SEG", "SR"}, 600
+                )
+            except TimeoutError:
+                print(node.log()[-4000:])
+                raise
+            rtstruct = pydicom.dcmread(
+                io.BytesIO(orthanc.instance_file(found["RTSTRUCT"]))
+            )
+            volume = load_series(truth.dicom_paths)
+            rois = [int(r.ROINumber) for r in rtstruct.StructureSetROISequence]
+            masks = [rasterise_roi(rtstruct, n, volume) for n in rois]
+            for number, lesion in enumerate(truth.lesions, start=1):
+                true_mask = truth.labels == number
+                best = max(dice(m, true_mask) for m in masks)
+                assert best >= 0.6, (
+                    f"truth lesion {number} ({lesion}) best Dice {best:.2f}"
+                )
+            shown = node.run("followup", "show", "DEMO1", "--json")
+            lesions = json.loads(shown.stdout)["studies"][0]["series"][0]["runs"][0][
+                "lesions"
+            ]
+            for lesion in truth.lesions:
+                centre = np.asarray(lesion["centre_lps_mm"], float)
+                nearest = min(
+                    lesions,
+                    key=lambda m: np.linalg.norm(
+                        np.asarray(m["centroid_lps_mm"]) - centre
+                    ),
+                )
+                assert (
+                    np.linalg.norm(np.asarray(nearest["centroid_lps_mm"]) - centre)
+                    <= 3.0
+                )
+                assert nearest["volume_mm3"] == pytest.approx(
+                    lesion["volume_mm3"], rel=0.35
+                )
+
+
+def yaml_model_section() -> dict[str, Any]:
+    import yaml
+
+    return dict(yaml.safe_load((REPO / "ae_config.yaml").read_text())["model"])
