@@ -28,6 +28,7 @@ import pydicom
 
 from config.errors import NodeError
 from config.schema import NodeConfig
+from inference.outputs import write_outputs
 from inference.pipeline import Segmenter
 from inference.preprocess import LPS_TO_RAS
 from inference.types import SegmentationResult
@@ -48,6 +49,7 @@ def run(config: NodeConfig, dicom_dir: Path, output_dir: Path) -> int:
         try:
             result = segmenter.segment(paths)
             write_results(result, target)
+            write_outputs(result, config.outputs, target)  # DICOM RT-Struct / SEG / SR
         except NodeError as exc:
             LOGGER.error("series %s (%d files): %s", uid, len(paths), exc)
             failures += 1
