@@ -90,18 +90,22 @@ class Node:
 
     @property
     def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.server_address[1])
+        """The port listened on (the configured one)."""
+        return self.config.port
 
     def stop(self) -> None:
+        """Stop listening (aborting open associations), then the threads and workers; idempotent."""
         for service in reversed(self.services):
             service.stop()
         if self.server is not None:
             self.server.shutdown()
+            self.server = None
         if self.detector is not None:
             self.detector.stop()
+            self.detector = None
         if self.supervisor is not None:
             self.supervisor.stop()
+            self.supervisor = None
         LOGGER.info("node stopped")
 
 

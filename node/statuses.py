@@ -13,9 +13,10 @@ OUT_OF_RESOURCES           0xA700  disk below ``receive.min_free_disk_mb``, an I
 DATA_SET_DOES_NOT_MATCH    0xA900  the dataset's SOPClassUID / SOPInstanceUID differ
                                    from the C-STORE request's Affected SOP Class /
                                    Instance UID
-CANNOT_UNDERSTAND          0xC210  the dataset cannot be parsed
-INVALID_UID                0xC211  Study/Series/SOP Instance UID (or SOP Class UID)
-                                   missing or not a valid UID: no file is written
+CANNOT_UNDERSTAND          0xC210  the dataset cannot be parsed, or lacks SOPClassUID,
+                                   SOPInstanceUID, StudyInstanceUID or SeriesInstanceUID
+INVALID_UID                0xC211  one of those UIDs is not a valid UID (longer than 64,
+                                   not digits and dots, ``/`` or ``..``): no file written
 UID_CONFLICT               0xC212  the SOP Instance UID is already stored in another
                                    series
 =========================  ======  ==================================================

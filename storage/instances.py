@@ -21,7 +21,6 @@ from pathlib import Path
 import peewee
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from config.errors import StorageError
 from storage.models import (
@@ -72,17 +71,8 @@ class InstanceHeader:
             return cls._from_dataset(ds)
         except StorageError:
             raise
-        except (
-            InvalidDicomError,
-            ValueError,
-            KeyError,
-            EOFError,
-            OSError,
-            TypeError,
-        ) as exc:
+        except Exception as exc:  # pydicom raises many kinds on malformed input
             raise UnreadableDatasetError(f"dataset cannot be parsed: {exc}") from exc
-        except Exception as exc:  # pydicom raises a wide range on malformed input
-            raise UnreadableDatasetError(f"dataset cannot be parsed: {exc!r}") from exc
 
     @classmethod
     def from_file(cls, path: Path) -> InstanceHeader:
@@ -96,25 +86,25 @@ class InstanceHeader:
     def _from_dataset(cls, ds: Dataset) -> InstanceHeader:
         meta = ds.file_meta
         return cls(
-            sop_class_uid=validate_uid(_text(ds, "SOPClassUID"), "SOPClassUID"),
-            sop_instance_uid=validate_uid(
-                _text(ds, "SOPInstanceUID"), "SOPInstanceUID"
-            ),
-            study_instance_uid=validate_uid(
-                _text(ds, "StudyInstanceUID"), "StudyInstanceUID"
-            ),
-            series_instance_uid=validate_uid(
-                _text(ds, "SeriesInstanceUID"), "SeriesInstanceUID"
-            ),
-            transfer_syntax_uid=validate_uid(
-                _text(meta, "TransferSyntaxUID"), "TransferSyntaxUID"
-            ),
+            sop_class_uid=_uid(ds, "SOPClassUID"),
+            sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+            study_instance_uid=_uid(ds, "StudyInstanceUID"),
+            series_instance_uid=_uid(ds, "SeriesInstanceUID"),
+            transfer_syntax_uid=_uid(meta, "TransferSyntaxUID"),
             modality=(_text(ds, "Modality") or "")[:16],
             instance_number=_integer(ds, "InstanceNumber"),
             acquisition_number=_integer(ds, "AcquisitionNumber"),
             images_in_acquisition=_integer(ds, "ImagesInAcquisition"),
             number_of_frames=_integer(ds, "NumberOfFrames"),
         )
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    """A required UID: UnreadableDatasetError when absent, InvalidUIDError when not valid."""
+    text = _text(ds, keyword)
+    if not text:
+        raise UnreadableDatasetError(f"dataset has no {keyword}")
+    return validate_uid(text, keyword)
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -66,42 +67,54 @@ def write_config(directory: Path, **settings: Any) -> Path:
     return path
 
 
-@pytest.fixture
-def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    """Start nodes (in-process) on free ports; all are stopped at teardown."""
-    started: list[Node] = []
+class NodeFactory:
+    """Starts in-process nodes on free ports; :meth:`stop_all` at teardown."""
 
-    def start(directory: Path | None = None, **settings: Any) -> Node:
-        directory = directory or tmp_path
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: list[Node] = []
+
+    def __call__(self, directory: Path | None = None, **settings: Any) -> Node:
         for attempt in range(5):
-            config = load_config(write_config(directory, **settings))
-            node = Node(config)
+            config = load_config(write_config(directory or self.directory, **settings))
             try:
-                node.start()
-            except OSError:
-                node.stop()
+                return self._start(Node(config))
+            except OSError:  # the free port was taken meanwhile
                 if attempt == 4:
                     raise
-                continue
-            started.append(node)
-            return node
         raise AssertionError("unreachable")
 
-    yield start
-    for node in started:
+    def restart(self, node: Node) -> Node:
+        """Stop ``node`` and start a new one on the same configuration and port."""
         node.stop()
+        return self._start(Node(node.config))
+
+    def _start(self, node: Node) -> Node:
+        try:
+            node.start()
+        except BaseException:
+            node.stop()
+            raise
+        self.started.append(node)
+        return node
+
+    def stop_all(self) -> None:
+        for node in self.started:
+            node.stop()
 
 
-def restart(node: Node) -> Node:
-    """Stop ``node`` and start a new one on the same configuration and port."""
-    node.stop()
-    fresh = Node(node.config)
-    fresh.start()
-    return fresh
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
+    factory = NodeFactory(tmp_path)
+    yield factory
+    factory.stop_all()
 
 
-def series_dir(directory: Path, n_slices: int = 6, **spec: Any) -> list[Path]:
-    return small_series(directory, n_slices=n_slices, rows=16, cols=16, **spec)
+def series_dir(
+    directory: Path, n_slices: int = 6, size: int = 32, **spec: Any
+) -> list[Path]:
+    """A small MR series (``size`` >= 32: JPEG 2000's default resolutions need it)."""
+    return small_series(directory, n_slices=n_slices, rows=size, cols=size, **spec)
 
 
 def pynetdicom_send(
@@ -160,7 +173,9 @@ def storescu(
         str(port),
         *map(str, inputs),
     ]
-    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=120
+    )
 
 
 def wait_for(
@@ -204,12 +219,57 @@ def uid_of(path: Path, keyword: str = "SeriesInstanceUID") -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).get(keyword))
 
 
+def ai_node_script() -> str:
+    """The real console script of this checkout (``pip install -e .`` puts it in .venv/bin)."""
+    script = Path(sys.executable).parent / "ai-node"
+    if not script.exists():
+        pytest.skip(
+            "the ai-node console script is not installed (pip install -e . --no-deps)"
+        )
+    return str(script)
+
+
+def start_serve(
+    config_path: Path, log_path: Path, preexec_fn: Callable[[], None] | None = None
+) -> subprocess.Popen[bytes]:
+    """``ai-node serve --config ...`` as a subprocess, once it answers C-ECHO."""
+    config = load_config(config_path)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [ai_node_script(), "serve", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - only resource limits, set before exec
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"ai-node serve exited: {log_path.read_text()[-2000:]}"
+            )
+        assoc = associate(config.port)
+        if assoc.is_established:
+            assoc.release()
+            return process
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError("ai-node serve did not start listening")
+
+
+def stop_serve(process: subprocess.Popen[bytes], kill: bool = False) -> None:
+    if process.poll() is None:
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+        process.wait(timeout=60)
+
+
 class Tools:
     """The helpers above, for test modules (which cannot import conftest under importlib mode)."""
 
     free_port = staticmethod(free_port)
     write_config = staticmethod(write_config)
-    restart = staticmethod(restart)
     series_dir = staticmethod(series_dir)
     pynetdicom_send = staticmethod(pynetdicom_send)
     associate = staticmethod(associate)
@@ -219,6 +279,8 @@ class Tools:
     jobs_of = staticmethod(jobs_of)
     stored_sop_uids = staticmethod(stored_sop_uids)
     uid_of = staticmethod(uid_of)
+    start_serve = staticmethod(start_serve)
+    stop_serve = staticmethod(stop_serve)
     AE_TITLE = AE_TITLE
     REPO = REPO
 
