@@ -36,7 +36,7 @@ def find_lesions(mask: np.ndarray, affine_lps: np.ndarray, min_lesion_mm3: float
     components = cc3d.connected_components(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=26)
     voxel_mm3 = float(abs(np.linalg.det(affine_lps[:3, :3])))
     stats = cc3d.statistics(components)
-    counts = np.asarray(stats["voxel_counts"])
+    counts = np.asarray(stats["voxel_counts"], dtype=np.int64)
     kept = [n for n in range(1, len(counts)) if counts[n] * voxel_mm3 >= min_lesion_mm3]
     kept.sort(key=lambda n: (-counts[n], n))
     dropped = len(counts) - 1 - len(kept)

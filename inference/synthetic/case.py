@@ -52,6 +52,8 @@ class CaseSpec:
     n_lesions: tuple[int, int] = (1, 5)
     diameter_range: tuple[float, float] = (3.0, 30.0)
     fov_scale: float = 1.0  # shrink the field of view for quick tests
+    fov_mm: tuple[float, float, float] | None = None  # (columns, rows, through-plane); default per orientation
+    centre_on_lesions: bool = False  # centre the field of view on the lesions, not the head
     patient_id: str = "SYNTH0001"
 
 
@@ -69,7 +71,7 @@ def case_geometry(spec: CaseSpec, centre_lps: np.ndarray) -> tuple[np.ndarray, t
     """The series' affine and shape for the spec, centred on a point."""
     row, col = oblique_cosines() if spec.orientation == "oblique" else ORIENTATIONS[spec.orientation]
     spacing = (spec.in_plane_mm, spec.in_plane_mm, spec.slice_mm)
-    fov = np.array(FOV_MM[spec.orientation]) * spec.fov_scale
+    fov = np.array(spec.fov_mm or FOV_MM[spec.orientation]) * spec.fov_scale
     shape = tuple(max(3, round(float(f) / s)) for f, s in zip(fov, spacing))
     affine = make_affine(row, col, spacing)
     affine[:3, 3] = centre_lps - affine[:3, :3] @ ((np.array(shape) - 1) / 2.0)
@@ -81,7 +83,8 @@ def write_case(out_dir: Path, spec: CaseSpec, phantom: Phantom | None = None) ->
     rng = np.random.default_rng(spec.seed)
     if phantom is None:
         phantom = random_phantom(rng, spec.n_lesions, spec.diameter_range)
-    affine, shape = case_geometry(spec, phantom.head_centre_lps())
+    centre = phantom.lesion_centres_lps().mean(0) if spec.centre_on_lesions else phantom.head_centre_lps()
+    affine, shape = case_geometry(spec, centre)
     image, labels = render(phantom, affine, shape, rng)
     out_dir = Path(out_dir)
     series = SeriesSpec(

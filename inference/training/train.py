@@ -20,14 +20,14 @@ import argparse
 import json
 import logging
 import math
+import multiprocessing as mp
 import os
 import random
 import time
 from collections import deque
-import multiprocessing as mp
-from queue import Empty
 from dataclasses import replace
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 import torch

@@ -1,0 +1,60 @@
+"""Lesions: 26-connected components, minimum volume, numbering, measurements in patient space."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference.lesions import find_lesions
+from inference.synthetic.blob import cosines
+from inference.synthetic.dicom_series import make_affine
+
+# an ellipsoid in patient space: semi-axes 10 mm along L-R, 5 mm along A-P, 4 mm along S-I
+CENTRE = np.array([20.0, -15.0, 30.0])
+SEMI_AXES = np.array([10.0, 5.0, 4.0])
+
+
+def _ellipsoid_grid(orientation: str, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    row, col = cosines(orientation)
+    affine = make_affine(row, col, spacing)
+    shape = (64, 64, 48) if spacing[2] < 1 else (64, 64, 30)
+    affine[:3, 3] = CENTRE - affine[:3, :3] @ ((np.array(shape) - 1) / 2.0 + 0.3)
+    ijk = np.indices(shape).reshape(3, -1).T.astype(float)
+    points = ijk @ affine[:3, :3].T + affine[:3, 3]
+    inside = (((points - CENTRE) / SEMI_AXES) ** 2).sum(1) <= 1.0
+    return inside.reshape(shape), affine
+
+
+@pytest.mark.parametrize(
+    "orientation,spacing",
+    [("axial", (0.5, 0.5, 1.0)), ("sagittal", (0.5, 0.5, 1.0)), ("coronal", (0.5, 0.5, 1.0)),
+     ("oblique", (0.6, 0.6, 0.6))],
+)
+def test_measurements_are_in_patient_space(orientation: str, spacing: tuple[float, float, float]) -> None:
+    mask, affine = _ellipsoid_grid(orientation, spacing)
+    labels, lesions = find_lesions(mask, affine, min_lesion_mm3=10)
+    assert len(lesions) == 1
+    lesion = lesions[0]
+    assert lesion.volume_mm3 == pytest.approx(4 / 3 * np.pi * SEMI_AXES.prod(), rel=0.05)
+    assert np.allclose(lesion.centroid_lps_mm, CENTRE, atol=0.3)
+    voxel = max(spacing) * 1.8
+    assert lesion.longest_3d_diameter_mm == pytest.approx(20.0, abs=voxel)
+    assert lesion.longest_axial_diameter_mm == pytest.approx(20.0, abs=voxel)
+    assert lesion.perpendicular_axial_diameter_mm == pytest.approx(10.0, abs=voxel)
+    assert (lesion.first_slice, lesion.last_slice) == tuple(np.flatnonzero(mask.any((0, 1)))[[0, -1]])
+    assert np.array_equal(labels == 1, mask)
+
+
+def test_numbered_by_decreasing_volume_small_ones_dropped_26_connected() -> None:
+    mask = np.zeros((30, 30, 30), bool)
+    mask[2:5, 2:5, 2:5] = True  # 27 voxels
+    mask[10:16, 10:16, 10:16] = True  # 216 voxels
+    mask[20, 20, 20] = mask[21, 21, 21] = True  # corner-touching: one component of 2 voxels
+    mask[25:27, 25:27, 25:27] = True  # 8 voxels
+    labels, lesions = find_lesions(mask, np.diag([1.0, 1.0, 2.0, 1.0]), min_lesion_mm3=10.0)
+    assert [lesion.voxel_count for lesion in lesions] == [216, 27, 8]
+    assert [lesion.volume_mm3 for lesion in lesions] == [432.0, 54.0, 16.0]
+    assert labels[12, 12, 12] == 1 and labels[3, 3, 3] == 2 and labels[25, 25, 25] == 3
+    assert labels[20, 20, 20] == 0  # 2 voxels x 2 mm3 = 4 mm3 < 10 mm3
+    _, kept = find_lesions(mask, np.diag([1.0, 1.0, 2.0, 1.0]), min_lesion_mm3=0.0)
+    assert [lesion.voxel_count for lesion in kept] == [216, 27, 8, 2]
