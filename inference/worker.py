@@ -132,7 +132,6 @@ def watch_parent(
 
     def _watch() -> None:
         while True:
-            time.sleep(interval)
             if os.getppid() != parent_pid:
                 LOGGER.error(
                     "parent process %d is gone; worker %d exits",
@@ -141,6 +140,7 @@ def watch_parent(
                 )
                 logging.shutdown()
                 os._exit(3)
+            time.sleep(interval)
 
     thread = threading.Thread(target=_watch, name="parent-watch", daemon=True)
     thread.start()
@@ -160,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--data-dir", help="override data_dir")
     parser.add_argument(
+        "--parent-pid",
+        type=int,
+        help="exit when this process is no longer our parent (default: the parent at start)",
+    )
+    parser.add_argument(
         "--no-parent-watch",
         action="store_true",
         help="keep running when the parent exits",
@@ -175,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s",
     )
     if not args.no_parent_watch:
-        watch_parent(os.getppid())
+        # the supervisor names itself: a parent that died while we started is noticed too
+        watch_parent(args.parent_pid or os.getppid())
     signal.signal(signal.SIGTERM, _on_sigterm)
     init_database(config.database_path, config.database_url)
     LOGGER.info(

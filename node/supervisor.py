@@ -13,6 +13,7 @@ they exit within about a second (see :mod:`inference.worker`).
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -44,6 +45,8 @@ def worker_command(config: NodeConfig) -> list[str]:
         str(config.source),
         "--data-dir",
         str(config.data_dir),
+        "--parent-pid",
+        str(os.getpid()),
     ]
 
 

@@ -280,6 +280,7 @@ class Tools:
     stored_sop_uids = staticmethod(stored_sop_uids)
     uid_of = staticmethod(uid_of)
     start_serve = staticmethod(start_serve)
+    ai_node_script = staticmethod(ai_node_script)
     stop_serve = staticmethod(stop_serve)
     AE_TITLE = AE_TITLE
     REPO = REPO

@@ -1,0 +1,184 @@
+"""The job queue and the worker: states, reasons, recovery, a supervised worker process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from inference.worker import run_job, run_worker
+from storage.jobs import claim_next, requeue_interrupted
+from storage.models import Job, connected
+
+TASKS = """
+import os, time
+from pathlib import Path
+from config.errors import InferenceError
+
+def boom(context):
+    raise RuntimeError("the task fell over")
+
+def refuse(context):
+    raise InferenceError("series is not a brain MR")
+
+def slow(context):
+    (context.work_dir / f"started-{os.getpid()}").touch()
+    time.sleep(float(os.environ.get("NODE_TEST_TASK_SECONDS", "3")))
+    (context.work_dir / "done").write_text(str(len(context.instance_paths)))
+"""
+
+
+@pytest.fixture
+def test_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A module of small tasks, importable here and by worker subprocesses."""
+    directory = tmp_path / "tasks"
+    directory.mkdir()
+    (directory / "node_test_tasks.py").write_text(textwrap.dedent(TASKS))
+    monkeypatch.syspath_prepend(str(directory))
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join([str(directory), os.environ.get("PYTHONPATH", "")]),
+    )
+    return "node_test_tasks"
+
+
+def _queued_series(node, tools, tmp_path: Path, n_slices: int = 3) -> str:
+    paths = tools.series_dir(tmp_path / f"in{time.monotonic_ns()}", n_slices=n_slices)
+    assert tools.pynetdicom_send(paths, node.port) == [0] * n_slices
+    series_uid = tools.uid_of(paths[0])
+    tools.wait_for(lambda: [j.state for j in tools.jobs_of(series_uid)] == ["queued"])
+    return series_uid
+
+
+def _run_one(config) -> None:
+    assert run_worker(config, threading.Event(), max_jobs=1) == 1
+
+
+def test_job_runs_the_task_and_succeeds(node_factory, tools, tmp_path) -> None:
+    node = node_factory()
+    series_uid = _queued_series(node, tools, tmp_path, n_slices=4)
+    _run_one(node.config)
+    (job,) = tools.jobs_of(series_uid)
+    assert (job.state, job.reason, job.attempts) == ("succeeded", None, 1)
+    assert set(job.timings()) == {"read"}
+    summary = json.loads(
+        (node.config.data_dir / "jobs" / str(job.id) / "summary.json").read_text()
+    )
+    assert summary["series_instance_uid"] == series_uid
+    assert summary["calling_ae_title"] == "TESTSCU"
+    assert summary["instance_count"] == 4
+    assert [i["instance_number"] for i in summary["instances"]] == [1, 2, 3, 4]
+
+
+def test_unreadable_instance_fails_the_job_with_a_reason(
+    node_factory, tools, tmp_path
+) -> None:
+    node = node_factory()
+    series_uid = _queued_series(node, tools, tmp_path)
+    victim = next((node.config.data_dir / "instances").rglob("*.dcm"))
+    victim.write_bytes(victim.read_bytes()[:-500])  # pixel data cut short
+    _run_one(node.config)
+    (job,) = tools.jobs_of(series_uid)
+    assert job.state == "failed"
+    assert job.reason.startswith(f"instance {victim.name} cannot be read")
+
+
+@pytest.mark.parametrize(
+    ("task", "reason"),
+    [
+        ("refuse", "series is not a brain MR"),
+        ("boom", "internal error: RuntimeError('the task fell over')"),
+        (
+            "missing_function",
+            "worker.task = 'node_test_tasks:missing_function' cannot be loaded",
+        ),
+    ],
+)
+def test_task_errors_become_reasons(
+    node_factory, tools, tmp_path, test_tasks, task, reason
+):
+    node = node_factory(worker={"task": f"{test_tasks}:{task}"})
+    series_uid = _queued_series(node, tools, tmp_path)
+    _run_one(node.config)
+    (job,) = tools.jobs_of(series_uid)
+    assert job.state == "failed"
+    assert job.reason.startswith(reason)
+
+
+def test_running_jobs_are_requeued_at_start_up(node_factory, tools, tmp_path) -> None:
+    node = node_factory(worker={"max_attempts": 2})
+    first = _queued_series(node, tools, tmp_path)
+    second = _queued_series(node, tools, tmp_path)
+    with connected():
+        claim_next(node.config, worker_pid=999_999)  # first: attempt 1, then "crash"
+        job = Job.get(Job.series_instance_uid == second)
+        Job.update(state="running", attempts=2).where(Job.id == job.id).execute()
+    node = node_factory.restart(node)
+    assert [j.state for j in tools.jobs_of(first)] == ["queued"]
+    (failed,) = tools.jobs_of(second)
+    assert (failed.state, failed.reason) == (
+        "failed",
+        "the worker process died during each of 2 attempts",
+    )
+    with connected():
+        assert requeue_interrupted(2) == (0, 0)
+
+
+def test_job_superseded_while_running_stays_superseded(
+    node_factory, tools, tmp_path
+) -> None:
+    node = node_factory(completion={"idle_seconds": 0.5})
+    paths = tools.series_dir(tmp_path / "in", n_slices=2)
+    assert tools.pynetdicom_send(paths, node.port) == [0, 0]
+    series_uid = tools.uid_of(paths[0])
+    tools.wait_for(lambda: tools.jobs_of(series_uid))
+    with connected():
+        context = claim_next(node.config)
+    late = pydicom.dcmread(paths[0])
+    late.SOPInstanceUID = pydicom.uid.generate_uid()
+    assert tools.pynetdicom_send([late], node.port) == [0]
+    assert context.is_superseded()
+    assert run_job(context, node.config.worker.task) is False
+    assert tools.jobs_of(series_uid)[0].state == "superseded"
+    tools.wait_for(lambda: len(tools.jobs_of(series_uid)) == 2)
+    assert tools.jobs_of(series_uid)[1].instance_count == 3
+
+
+def test_worker_crash_does_not_stop_the_receiver(
+    node_factory, tools, tmp_path, test_tasks
+) -> None:
+    """kill -9 of the worker process: its job is re-queued, a new worker finishes it."""
+    node = node_factory(worker={"processes": 1, "task": f"{test_tasks}:slow"})
+    series_uid = _queued_series(node, tools, tmp_path)
+    job_dir = node.config.data_dir / "jobs"
+    started = tools.wait_for(lambda: list(job_dir.glob("*/started-*")))
+    victim = int(started[0].name.split("-")[1])
+    os.kill(victim, signal.SIGKILL)
+    other = _queued_series(
+        node, tools, tmp_path
+    )  # the receiver keeps receiving meanwhile
+    tools.wait_for(
+        lambda: tools.jobs_of(series_uid)[0].state == "succeeded", timeout=30
+    )
+    (job,) = tools.jobs_of(series_uid)
+    assert job.attempts == 2 and job.worker_pid != victim
+    assert (job_dir / str(job.id) / "done").read_text() == "3"
+    tools.wait_for(lambda: tools.jobs_of(other)[0].state == "succeeded", timeout=30)
+
+
+def test_stopping_the_node_requeues_the_running_job(
+    node_factory, tools, tmp_path, test_tasks
+):
+    node = node_factory(worker={"processes": 1, "task": f"{test_tasks}:slow"})
+    series_uid = _queued_series(node, tools, tmp_path)
+    tools.wait_for(lambda: tools.jobs_of(series_uid)[0].state == "running")
+    node.stop()  # SIGTERM to the worker mid-task
+    (job,) = tools.jobs_of(series_uid)
+    assert (job.state, job.attempts) == ("queued", 0)
