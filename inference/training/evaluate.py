@@ -72,7 +72,7 @@ def ensure_case(root: Path, index: int, spec: CaseSpec) -> tuple[list[Path], np.
     if not (folder / "truth.json").exists():
         write_case(folder, spec)
     truth = json.loads((folder / "truth.json").read_text())
-    labels = np.asarray(nib.load(str(folder / "truth_mask.nii.gz")).dataobj)
+    labels = np.asarray(nib.load(str(folder / "truth_mask.nii.gz")).dataobj)  # type: ignore[attr-defined]
     return sorted((folder / "dicom").glob("*.dcm")), labels, truth["lesions"]
 
 

@@ -28,6 +28,7 @@ from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from queue import Empty
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-5)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    state = {"step": 0, "seconds": 0.0, "best": -1.0, "history": []}
+    state: dict[str, Any] = {"step": 0, "seconds": 0.0, "best": -1.0, "history": []}
     args.work.mkdir(parents=True, exist_ok=True)
     if args.resume and (args.work / "checkpoint.pt").exists():
         ckpt = torch.load(args.work / "checkpoint.pt", map_location="cpu", weights_only=False)
