@@ -21,7 +21,7 @@ from node import access, statuses
 from node.receive import FAILED, Receiver
 from node.sessions import Sessions
 from storage.completion import complete_if_count_matches
-from storage.models import connected
+from storage.models import close_thread_connection, connected
 
 LOGGER = logging.getLogger(__name__)
 
@@ -102,11 +102,13 @@ def handle_released(event: Event, sessions: Sessions, config: NodeConfig) -> Non
                 )
     finally:
         sessions.close(event.assoc, "released")
+        close_thread_connection()
 
 
 def handle_aborted(event: Event, sessions: Sessions) -> None:
     """EVT_ABORTED: log its line; the series it sent wait for their idle timers."""
     sessions.close(event.assoc, "aborted")
+    close_thread_connection()
 
 
 def build_handlers(

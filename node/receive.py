@@ -30,11 +30,13 @@ from storage.instances import (
     CONFLICT,
     DUPLICATE,
     InstanceHeader,
+    RecordOutcome,
     UnreadableDatasetError,
-    find_instance,
+    is_stored,
+    record_duplicate,
     record_instance,
 )
-from storage.models import connected
+from storage.models import open_thread_connection
 from storage.store import InstanceStore
 
 LOGGER = logging.getLogger(__name__)
@@ -64,6 +66,9 @@ class Receiver:
     def __init__(self, store: InstanceStore) -> None:
         self.store = store
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._series_ids: dict[
+            str, int
+        ] = {}  # SeriesInstanceUID -> row id, for the fast path
 
     def receive(
         self,
@@ -90,7 +95,8 @@ class Receiver:
             header.sop_instance_uid,
         )
         lock = self._locks[hash(header.sop_instance_uid) % LOCK_STRIPES]
-        with lock, connected():
+        open_thread_connection()  # kept for the association; closed on release or abort
+        with lock:
             try:
                 return self._store(header, relative, data, calling_ae_title)
             except peewee.PeeweeException as exc:
@@ -99,27 +105,33 @@ class Receiver:
     def _store(
         self, header: InstanceHeader, relative: Path, data: bytes, calling_ae_title: str
     ) -> StoreOutcome:
-        if find_instance(header.sop_instance_uid) is not None:
-            return self._record(header, relative, data, calling_ae_title)
+        if is_stored(header.sop_instance_uid):
+            duplicate = record_duplicate(header, time.time())
+            if duplicate is not None:
+                return _answer(duplicate)
         try:
             self.store.check_free_space(len(data))
             self.store.write(relative, data)
+            outcome = record_instance(
+                header,
+                relative,
+                len(data),
+                calling_ae_title,
+                time.time(),
+                self._series_ids,
+            )
         except StorageError as exc:
             return _failed(statuses.OUT_OF_RESOURCES, str(exc))
-        return self._record(header, relative, data, calling_ae_title)
+        return _answer(outcome)
 
-    def _record(
-        self, header: InstanceHeader, relative: Path, data: bytes, calling_ae_title: str
-    ) -> StoreOutcome:
-        outcome = record_instance(
-            header, relative, len(data), calling_ae_title, time.time()
+
+def _answer(outcome: RecordOutcome) -> StoreOutcome:
+    if outcome.result == CONFLICT:
+        return StoreOutcome(
+            statuses.UID_CONFLICT, FAILED, outcome.series_id, outcome.detail
         )
-        if outcome.result == CONFLICT:
-            return StoreOutcome(
-                statuses.UID_CONFLICT, FAILED, outcome.series_id, outcome.detail
-            )
-        result = DUPLICATE if outcome.result == DUPLICATE else STORED
-        return StoreOutcome(statuses.SUCCESS, result, outcome.series_id)
+    result = DUPLICATE if outcome.result == DUPLICATE else STORED
+    return StoreOutcome(statuses.SUCCESS, result, outcome.series_id)
 
 
 def _request_mismatch(header: InstanceHeader, sop_class: str, sop_instance: str) -> str:

@@ -33,7 +33,7 @@ from node.supervisor import WorkerSupervisor, worker_command
 from storage.completion import CompletionDetector, resume_timers
 from storage.db import init_database
 from storage.jobs import requeue_interrupted
-from storage.models import connected
+from storage.models import close_thread_connection, open_thread_connection
 from storage.reconcile import reconcile
 from storage.store import InstanceStore
 
@@ -56,10 +56,10 @@ class Node:
         config = self.config
         init_database(config.database_path, config.database_url)
         store = InstanceStore(config.data_dir, config.receive.min_free_disk_mb)
-        with connected():
-            reconcile(store)
-            requeue_interrupted(config.worker.max_attempts)
-            resume_timers(time.time())
+        open_thread_connection()  # held while the node runs: see open_thread_connection
+        reconcile(store)
+        requeue_interrupted(config.worker.max_attempts)
+        resume_timers(time.time())
         ae = build_ae(config)
         handlers = build_handlers(config, Receiver(store), self.sessions)
         self.server = ae.start_server(
@@ -106,6 +106,7 @@ class Node:
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor = None
+        close_thread_connection()
         LOGGER.info("node stopped")
 
 

@@ -27,7 +27,6 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from storage.db import database
 from storage.models import (
     COMPLETED_BY_COUNT,
     COMPLETED_BY_IDLE,
@@ -37,6 +36,8 @@ from storage.models import (
     Job,
     ReceivedInstance,
     ReceivedSeries,
+    close_thread_connection,
+    open_thread_connection,
     write_transaction,
 )
 
@@ -201,16 +202,19 @@ class CompletionDetector(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            try:
-                with database.connection_context():
+        try:
+            while not self._stop_event.wait(self.interval):
+                try:
+                    open_thread_connection()
                     complete_idle_series(
                         time.time(), self.idle_seconds, self.segment_classes
                     )
-            except Exception:  # keep the timer alive whatever one round hit
-                LOGGER.exception(
-                    "completion check failed; retrying in %.1f s", self.interval
-                )
+                except Exception:  # keep the timer alive whatever one round hit
+                    LOGGER.exception(
+                        "completion check failed; retrying in %.1f s", self.interval
+                    )
+        finally:
+            close_thread_connection()
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -148,56 +148,110 @@ def find_instance(sop_instance_uid: str) -> ReceivedInstance | None:
     )
 
 
+def is_stored(sop_instance_uid: str) -> bool:
+    query = ReceivedInstance.select(ReceivedInstance.id).where(
+        ReceivedInstance.sop_instance_uid == sop_instance_uid
+    )
+    return bool(query.exists())
+
+
 def record_instance(
     header: InstanceHeader,
     relative_path: Path,
     size: int,
     calling_ae_title: str,
     now: float,
+    series_ids: dict[str, int] | None = None,
 ) -> RecordOutcome:
-    """Index one durably stored instance; one write transaction."""
+    """Index one durably stored instance; one write transaction.
+
+    ``series_ids`` (SeriesInstanceUID -> row id, owned by the caller) lets the
+    common case -- one more instance of a series still receiving -- take two
+    statements.  An instance already stored (unique SOPInstanceUID) is a duplicate.
+    """
+    try:
+        with write_transaction():
+            series_id, reopened = _count_in_series(
+                header, calling_ae_title, now, series_ids
+            )
+            ReceivedInstance.insert(
+                sop_instance_uid=header.sop_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                series=series_id,
+                transfer_syntax_uid=header.transfer_syntax_uid,
+                path=relative_path.as_posix(),
+                size=size,
+                received_at=now,
+                calling_ae_title=calling_ae_title,
+                instance_number=header.instance_number,
+                acquisition_number=header.acquisition_number,
+                images_in_acquisition=header.images_in_acquisition,
+                number_of_frames=header.number_of_frames,
+            ).execute()
+    except peewee.IntegrityError as exc:  # rolled back: stored meanwhile, or worse
+        duplicate = record_duplicate(header, now)
+        if duplicate is None:
+            raise StorageError(
+                f"cannot index {header.sop_instance_uid}: {exc}"
+            ) from exc
+        return duplicate
+    if series_ids is not None:
+        series_ids[header.series_instance_uid] = series_id
+    return RecordOutcome(RECORDED, series_id, reopened)
+
+
+def record_duplicate(header: InstanceHeader, now: float) -> RecordOutcome | None:
+    """An instance already stored: ``duplicate`` (timer kept going) or ``conflict``;
+    None when it is not stored after all."""
     with write_transaction():
         existing = find_instance(header.sop_instance_uid)
-        if existing is not None:
-            return _duplicate(existing, header, now)
-        series, reopened = _series_for(header, calling_ae_title, now)
-        ReceivedInstance.create(
-            sop_instance_uid=header.sop_instance_uid,
-            sop_class_uid=header.sop_class_uid,
-            series=series,
-            transfer_syntax_uid=header.transfer_syntax_uid,
-            path=relative_path.as_posix(),
-            size=size,
-            received_at=now,
-            calling_ae_title=calling_ae_title,
-            instance_number=header.instance_number,
-            acquisition_number=header.acquisition_number,
-            images_in_acquisition=header.images_in_acquisition,
-            number_of_frames=header.number_of_frames,
-        )
-        ReceivedSeries.update(instance_count=ReceivedSeries.instance_count + 1).where(
-            ReceivedSeries.id == series.id
-        ).execute()
-    return RecordOutcome(RECORDED, series.id, reopened)
+        if existing is None:
+            return None
+        series: ReceivedSeries = existing.series
+        if series.series_instance_uid != header.series_instance_uid:
+            detail = (
+                f"SOPInstanceUID already stored in series {series.series_instance_uid}"
+            )
+            return RecordOutcome(CONFLICT, series.id, detail=detail)
+        if series.state == SERIES_RECEIVING:  # the sender is still at work
+            ReceivedSeries.update(idle_since=now).where(
+                ReceivedSeries.id == series.id
+            ).execute()
+        return RecordOutcome(DUPLICATE, series.id)
 
 
-def _duplicate(
-    existing: ReceivedInstance, header: InstanceHeader, now: float
-) -> RecordOutcome:
-    series: ReceivedSeries = existing.series
-    if series.series_instance_uid != header.series_instance_uid:
-        return RecordOutcome(
-            CONFLICT,
-            series.id,
-            detail=f"SOPInstanceUID already stored in series {series.series_instance_uid}",
+def _count_in_series(
+    header: InstanceHeader,
+    calling_ae_title: str,
+    now: float,
+    series_ids: dict[str, int] | None,
+) -> tuple[int, bool]:
+    """Inside the transaction: count the instance in its series; (series id, reopened)."""
+    cached = None if series_ids is None else series_ids.get(header.series_instance_uid)
+    if cached is not None:
+        update: dict[peewee.Field, object] = {
+            ReceivedSeries.instance_count: ReceivedSeries.instance_count + 1,
+            ReceivedSeries.last_received_at: now,
+            ReceivedSeries.idle_since: now,
+        }
+        if calling_ae_title:
+            update[ReceivedSeries.calling_ae_title] = calling_ae_title
+        updated = (
+            ReceivedSeries.update(update)
+            .where(
+                (ReceivedSeries.id == cached)
+                & (ReceivedSeries.series_instance_uid == header.series_instance_uid)
+                & (ReceivedSeries.state == SERIES_RECEIVING)
+            )
+            .execute()
         )
-    if (
-        series.state == SERIES_RECEIVING
-    ):  # the sender is still at work: keep the timer going
-        ReceivedSeries.update(idle_since=now).where(
-            ReceivedSeries.id == series.id
-        ).execute()
-    return RecordOutcome(DUPLICATE, series.id)
+        if updated == 1:
+            return cached, False
+    series, reopened = _series_for(header, calling_ae_title, now)
+    ReceivedSeries.update(instance_count=ReceivedSeries.instance_count + 1).where(
+        ReceivedSeries.id == series.id
+    ).execute()
+    return series.id, reopened
 
 
 def _series_for(

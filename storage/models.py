@@ -141,3 +141,19 @@ def connected() -> Iterator[None]:
     finally:
         if opened:
             database.close()
+
+
+def open_thread_connection() -> None:
+    """Open this thread's connection if needed and keep it open (a long-lived thread's).
+
+    Closing the last connection to a WAL database checkpoints it and deletes the
+    WAL file, which costs several fsyncs; long-lived threads therefore keep
+    theirs, and ``ai-node serve`` holds one for its whole life.
+    """
+    database.connect(reuse_if_open=True)
+
+
+def close_thread_connection() -> None:
+    """Close this thread's connection, if it has one open."""
+    if not database.is_closed():
+        database.close()
