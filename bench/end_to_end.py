@@ -39,9 +39,9 @@ from pynetdicom.sop_class import MRImageStorage, RTStructureSetStorage  # type: 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from config.schema import NodeConfig  # noqa: E402
-from inference.model import build_unetr  # noqa: E402
-from inference.synthetic.case import CaseSpec, write_case  # noqa: E402
+from config.schema import NodeConfig
+from inference.model import build_unetr
+from inference.synthetic.case import CaseSpec, write_case
 
 
 def _harness() -> Any:

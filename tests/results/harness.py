@@ -208,7 +208,12 @@ class NodeProcess:
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.command(*args), capture_output=True, text=True, cwd=REPO, timeout=120
+            self.command(*args),
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
         )
 
     def log(self) -> str:

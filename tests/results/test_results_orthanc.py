@@ -150,7 +150,7 @@ def test_demo_model_contours_land_on_the_lesions(tmp_path: Path) -> None:
     from inference.synthetic.case import CaseSpec, write_case
     from inference.volume import load_series
 
-    truth = write_case(tmp_path / "case", CaseSpec(seed=11, orientation="sagittal", slice_mm=2.0,
+    truth = write_case(tmp_path / "case", CaseSpec(seed=11, orientation="sagittal", slice_mm=2.0, fov_scale=0.85,
                                                    n_lesions=(2, 3), diameter_range=(8.0, 20.0),
                                                    patient_id="DEMO1"))  # fmt: skip
     header = pydicom.dcmread(truth.dicom_paths[0], stop_before_pixels=True)
@@ -202,9 +202,15 @@ def test_demo_model_contours_land_on_the_lesions(tmp_path: Path) -> None:
                     np.linalg.norm(np.asarray(nearest["centroid_lps_mm"]) - centre)
                     <= 3.0
                 )
+                # the demo model's volume error (docs/inference.md) bounds this, not the plumbing
                 assert nearest["volume_mm3"] == pytest.approx(
-                    lesion["volume_mm3"], rel=0.35
+                    lesion["volume_mm3_on_grid"], rel=0.75
                 )
+            # what the follow-up lists is what the PACS shows: ROI n's contours hold lesion n's volume
+            voxel_mm3 = abs(float(np.linalg.det(volume.affine_lps[:3, :3])))
+            for lesion in lesions:
+                shown_mm3 = masks[rois.index(lesion["roi_number"])].sum() * voxel_mm3
+                assert shown_mm3 == pytest.approx(lesion["volume_mm3"], rel=0.05)
 
 
 def yaml_model_section() -> dict[str, Any]:
