@@ -149,11 +149,17 @@ def configure_logging(level: str) -> None:
     )
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Command-line overrides; a relative --data-dir is relative to the current directory."""
+    data_dir = args.data_dir.resolve() if args.data_dir is not None else None
+    return {"port": args.port, "data_dir": data_dir}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(
-            args.config, overrides={"port": args.port, "data_dir": args.data_dir}
+            args.config, overrides=_overrides(args)
         )
     except ConfigError as exc:
         print(f"ai-node: configuration error:\n{exc}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -23,7 +24,10 @@ from node import statuses
 from node.ae import TRANSFER_SYNTAXES, accepted_sop_classes, build_ae
 from storage.models import ReceivedInstance, connected
 
-pytestmark = pytest.mark.dcmtk
+pytestmark = [
+    pytest.mark.dcmtk,
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed"),
+]
 
 
 def _dataset_bytes(path: Path) -> bytes:
