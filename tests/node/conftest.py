@@ -30,10 +30,6 @@ from storage.models import Job, ReceivedInstance, ReceivedSeries, connected
 AE_TITLE = "AINODE"
 REPO = Path(__file__).resolve().parents[2]
 
-needs_dcmtk = pytest.mark.skipif(
-    shutil.which("storescu") is None, reason="dcmtk not installed"
-)
-
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -60,7 +60,7 @@ def orthanc(tmp_path: Path, tools):
 
 
 def test_orthanc_sends_a_series_to_the_node(node_factory, tools, tmp_path, orthanc) -> None:
-    node = node_factory(
+    node_factory(
         port=orthanc["node_port"],
         peers=[{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc["dicom_port"]}],
     )
