@@ -139,85 +139,110 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class Trainer:
+    """One training run: model, optimiser, crop producer, replay pool and validation crops."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        config = load_config(args.config).model
+        self.roi = config.unetr.img_size[0]
+        spacing = float((config.preprocessing.spacing or (1.0, 1.0, 1.0))[0])
+        intensity = config.preprocessing.intensity
+        self.settings = CropSettings(size=self.roi + 8, spacing_mm=spacing,
+                                     lower_percentile=intensity.lower_percentile,
+                                     upper_percentile=intensity.upper_percentile)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.autocast = self.device.type == "cpu"
+        self.model = build_unetr(config.unetr).to(self.device)
+        self.optimiser = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=1e-5)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        self.state: dict[str, Any] = {"step": 0, "seconds": 0.0, "best": -1.0, "history": []}
+        self.losses: list[float] = []
+        self.pool: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=args.pool)
+        args.out.mkdir(parents=True, exist_ok=True)
+        args.work.mkdir(parents=True, exist_ok=True)
+        LOGGER.info("UNETR %d parameters, ROI %d at %.2f mm, device %s, bf16 autocast %s",
+                    sum(p.numel() for p in self.model.parameters()), self.roi, spacing, self.device, self.autocast)
+
+    def resume(self) -> None:
+        path = self.args.work / "checkpoint.pt"
+        if path.exists():
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            self.model.load_state_dict(ckpt["model"])
+            self.optimiser.load_state_dict(ckpt["optimizer"])
+            self.state = ckpt["state"]
+            LOGGER.info("resumed at step %d", self.state["step"])
+
+    def validation_crops(self) -> tuple[torch.Tensor, torch.Tensor]:
+        stream = crop_stream(10_000 + self.args.seed, replace(self.settings, size=self.roi))
+        crops = [next(stream) for _ in range(16)]
+        return (torch.stack([torch.as_tensor(i[None]) for i, _ in crops]),
+                torch.stack([torch.as_tensor(m[None]) for _, m in crops]))
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, lr: float) -> None:
+        for group in self.optimiser.param_groups:
+            group["lr"] = lr
+        with torch.autocast("cpu", torch.bfloat16, enabled=self.autocast):
+            logits = self.model(images.to(self.device))
+        loss = self.loss_fn(logits.float(), labels.to(self.device))
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimiser.step()
+        self.losses.append(float(loss.detach()))
+        self.state["step"] += 1
+        if self.state["step"] % 50 == 0:
+            LOGGER.info("step %d  %.0f s  loss %.4f  lr %.2e", self.state["step"], self.state["seconds"],
+                        float(np.mean(self.losses[-50:])), lr)
+
+    def run(self) -> None:
+        validation = self.validation_crops()
+        _, queue = start_producer(self.args.seed + self.state["step"], self.settings)
+        augment = augmentations(self.roi)
+        budget = self.args.minutes * 60.0
+        start = time.monotonic() - self.state["seconds"]
+        next_val = time.monotonic() + self.args.validate_minutes * 60.0
+        self.model.train()
+        while (elapsed := time.monotonic() - start) < budget:
+            self.state["seconds"] = elapsed
+            take = self.state["step"] % self.args.fresh_every == 0
+            self.step(*to_batch(next_samples(queue, self.pool, 8, take), augment),
+                      lr_at(elapsed, budget, self.args.lr))
+            if time.monotonic() >= next_val:
+                next_val = time.monotonic() + self.args.validate_minutes * 60.0
+                self.validate(validation, time.monotonic() - start)
+        self.validate(validation, time.monotonic() - start)
+
+    def validate(self, validation: tuple[torch.Tensor, torch.Tensor], elapsed: float) -> None:
+        """Score, keep the best weights (plain state dict), save the resumable checkpoint and the log."""
+        dice = dice_score(self.model, validation, self.autocast)
+        state, out = self.state, self.args.out
+        state["seconds"] = elapsed
+        state["history"].append({"step": state["step"], "seconds": round(elapsed, 1),
+                                 "loss": float(np.mean(self.losses[-100:])) if self.losses else None,
+                                 "val_dice": dice})
+        LOGGER.info("validation: step %d, %.1f min, crop Dice %.4f (best %.4f)",
+                    state["step"], elapsed / 60, dice, state["best"])
+        if dice > state["best"]:
+            state["best"] = dice
+            save_atomic(self.model.state_dict(), out / "weights.pt")
+            LOGGER.info("saved best weights to %s", out / "weights.pt")
+        save_atomic({"model": self.model.state_dict(), "optimizer": self.optimiser.state_dict(), "state": state},
+                    self.args.work / "checkpoint.pt")
+        (out / "training_log.json").write_text(json.dumps(state["history"], indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    config = load_config(args.config).model
-    roi = config.unetr.img_size[0]
-    spacing = float((config.preprocessing.spacing or (1.0, 1.0, 1.0))[0])
-    intensity = config.preprocessing.intensity
-    settings = CropSettings(size=roi + 8, spacing_mm=spacing, lower_percentile=intensity.lower_percentile,
-                            upper_percentile=intensity.upper_percentile)
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    autocast = not cuda
-    model = build_unetr(config.unetr).to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-5)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    state: dict[str, Any] = {"step": 0, "seconds": 0.0, "best": -1.0, "history": []}
-    args.work.mkdir(parents=True, exist_ok=True)
-    if args.resume and (args.work / "checkpoint.pt").exists():
-        ckpt = torch.load(args.work / "checkpoint.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimiser.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-    LOGGER.info("UNETR %d parameters, ROI %d at %.2f mm, device %s, bf16 autocast %s",
-                sum(p.numel() for p in model.parameters()), roi, spacing, device, autocast)
-    val_stream = crop_stream(10_000 + args.seed, replace(settings, size=roi))
-    val_crops = [next(val_stream) for _ in range(16)]
-    validation = (torch.stack([torch.as_tensor(i[None]) for i, _ in val_crops]),
-                  torch.stack([torch.as_tensor(l[None]) for _, l in val_crops]))
-    _, queue = start_producer(args.seed + state["step"], settings)
-    augment = augmentations(roi)
-    pool: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=args.pool)
-    budget = args.minutes * 60.0
-    start = time.monotonic() - state["seconds"]
-    next_val = time.monotonic() + args.validate_minutes * 60.0
-    losses: list[float] = []
-    model.train()
-    while (elapsed := time.monotonic() - start) < budget:
-        images, labels = to_batch(next_samples(queue, pool, 8, state["step"] % args.fresh_every == 0), augment)
-        for group in optimiser.param_groups:
-            group["lr"] = lr_at(elapsed, budget, args.lr)
-        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-            logits = model(images.to(device))
-        loss = loss_fn(logits.float(), labels.to(device))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        losses.append(float(loss.detach()))
-        state["step"] += 1
-        if state["step"] % 50 == 0:
-            LOGGER.info("step %d  %.0f s  loss %.4f  lr %.2e", state["step"], elapsed,
-                        float(np.mean(losses[-50:])), optimiser.param_groups[0]["lr"])
-        if time.monotonic() >= next_val or time.monotonic() - start >= budget:
-            next_val = time.monotonic() + args.validate_minutes * 60.0
-            _validate(model, validation, autocast, state, optimiser, args, elapsed, losses, config)
-    _validate(model, validation, autocast, state, optimiser, args, time.monotonic() - start, losses, config)
+    trainer = Trainer(args)
+    if args.resume:
+        trainer.resume()
+    trainer.run()
     return 0
-
-
-def _validate(model: torch.nn.Module, validation: tuple[torch.Tensor, torch.Tensor], autocast: bool,
-              state: dict, optimiser: torch.optim.Optimizer, args: argparse.Namespace,
-              elapsed: float, losses: list[float], config: object) -> None:
-    dice = dice_score(model, validation, autocast)
-    state["seconds"] = elapsed
-    state["history"].append({"step": state["step"], "seconds": round(elapsed, 1),
-                             "loss": float(np.mean(losses[-100:])) if losses else None, "val_dice": dice})
-    LOGGER.info("validation: step %d, %.1f min, crop Dice %.4f (best %.4f)",
-                state["step"], elapsed / 60, dice, state["best"])
-    if dice > state["best"]:
-        state["best"] = dice
-        save_atomic(model.state_dict(), args.out / "weights.pt")
-        LOGGER.info("saved best weights to %s", args.out / "weights.pt")
-    save_atomic({"model": model.state_dict(), "optimizer": optimiser.state_dict(), "state": state},
-                args.work / "checkpoint.pt")
-    (args.out / "training_log.json").write_text(json.dumps(state["history"], indent=1))
 
 
 if __name__ == "__main__":
