@@ -215,22 +215,27 @@ def main() -> int:
     names = args.only or ["node", "orthanc", "bare", "bare-16k"]
     print(
         f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     print(
         f"series: {args.slices} slices of 256x256 16-bit MR, explicit VR LE; "
-        f"sender: pynetdicom SCU, raw files, one association; {args.runs} runs, median"
+        f"sender: pynetdicom SCU, raw files, one association; {args.runs} runs "
+        "(round robin), median"
     )
     scratch = Path(tempfile.mkdtemp(prefix="bench-receive-", dir=REPO))
     results: dict[str, float] = {}
     try:
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(args.runs):  # round robin: load changes hit every receiver alike
+            for name in names:
+                times[name].append(run_once(name, args.slices, scratch))
         for name in names:
-            times = [run_once(name, args.slices, scratch) for _ in range(args.runs)]
-            results[name] = statistics.median(times)
+            results[name] = statistics.median(times[name])
             rate = args.slices / results[name]
             print(
                 f"  {name:8s} {results[name]:7.2f} s  {rate:8.1f} instances/s  "
-                f"(runs: {', '.join(f'{t:.2f}' for t in times)})"
+                f"(runs: {', '.join(f'{t:.2f}' for t in times[name])})"
             )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -95,9 +95,9 @@ class Receiver:
             header.sop_instance_uid,
         )
         lock = self._locks[hash(header.sop_instance_uid) % LOCK_STRIPES]
-        open_thread_connection()  # kept for the association; closed on release or abort
         with lock:
             try:
+                open_thread_connection()  # kept for the association; closed at its end
                 return self._store(header, relative, data, calling_ae_title)
             except peewee.PeeweeException as exc:
                 return _failed(statuses.OUT_OF_RESOURCES, f"database error: {exc}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -97,3 +98,18 @@ def test_echo_to_nobody_fails(tools, tmp_path) -> None:
     result = _ai_node(tools, "echo", f"X@127.0.0.1:{port}", "--config", str(tools.write_config(tmp_path)))
     assert result.returncode == 1
     assert "failed" in result.stdout or "aborted" in result.stdout
+
+
+def test_node_and_worker_never_import_torch(tools) -> None:
+    """node/ never imports torch; the worker imports it only through the task it loads."""
+    code = (
+        "import sys, node.cli, node.server, inference.worker, storage.tasks; "
+        "assert 'torch' not in sys.modules and 'monai' not in sys.modules, 'torch imported'"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    worker_only = "import sys, inference.worker; assert 'pynetdicom' not in sys.modules"
+    result = subprocess.run(
+        [sys.executable, "-c", worker_only], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, "inference.worker imported pynetdicom: " + result.stderr
