@@ -204,7 +204,7 @@ def test_demo_model_contours_land_on_the_lesions(tmp_path: Path) -> None:
                 )
                 # the demo model's volume error (docs/inference.md) bounds this, not the plumbing
                 assert nearest["volume_mm3"] == pytest.approx(
-                    lesion["volume_mm3_on_grid"], rel=0.75
+                    lesion["volume_mm3_on_grid"], rel=0.5
                 )
             # what the follow-up lists is what the PACS shows: ROI n's contours hold lesion n's volume
             voxel_mm3 = abs(float(np.linalg.det(volume.affine_lps[:3, :3])))
