@@ -63,7 +63,7 @@ def handle_store(event: Event, receiver: Receiver, sessions: Sessions) -> int:
 
     Statuses: SUCCESS 0x0000 (stored, or a duplicate already stored);
     OUT_OF_RESOURCES 0xA700; DATA_SET_DOES_NOT_MATCH 0xA900; CANNOT_UNDERSTAND
-    0xC210; INVALID_UID 0xC211; UID_CONFLICT 0xC212 (see :mod:`node.statuses`).
+    0xC210; INVALID_UID 0xC212; UID_CONFLICT 0xC213 (see :mod:`node.statuses`).
     """
     request = cast(C_STORE, event.request)
     calling = str(event.assoc.requestor.ae_title).strip()

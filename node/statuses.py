@@ -15,9 +15,10 @@ DATA_SET_DOES_NOT_MATCH    0xA900  the dataset's SOPClassUID / SOPInstanceUID di
                                    Instance UID
 CANNOT_UNDERSTAND          0xC210  the dataset cannot be parsed, or lacks SOPClassUID,
                                    SOPInstanceUID, StudyInstanceUID or SeriesInstanceUID
-INVALID_UID                0xC211  one of those UIDs is not a valid UID (longer than 64,
+(pynetdicom)               0xC211  the handler raised (a bug): pynetdicom's own answer
+INVALID_UID                0xC212  one of those UIDs is not a valid UID (longer than 64,
                                    not digits and dots, ``/`` or ``..``): no file written
-UID_CONFLICT               0xC212  the SOP Instance UID is already stored in another
+UID_CONFLICT               0xC213  the SOP Instance UID is already stored in another
                                    series
 =========================  ======  ==================================================
 """
@@ -30,8 +31,8 @@ SUCCESS = int(Status.SUCCESS)
 OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
-INVALID_UID = 0xC211
-UID_CONFLICT = 0xC212
+INVALID_UID = 0xC212
+UID_CONFLICT = 0xC213
 
 for _name, _code in (
     ("OUT_OF_RESOURCES", OUT_OF_RESOURCES),

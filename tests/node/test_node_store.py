@@ -78,7 +78,7 @@ def test_hostile_uid_gets_a_failure_and_no_file(
         statuses.INVALID_UID,
         statuses.SUCCESS,
     ]  # and the node keeps serving
-    assert f"refused with 0xC211: {keyword}" in caplog.text
+    assert f"refused with 0xC212: {keyword}" in caplog.text
     stored = [p.name for p in _files(node.config.data_dir)]
     assert stored == [tools.uid_of(good, "SOPInstanceUID") + ".dcm"]
     assert not list(tmp_path.parent.glob("**/evil*"))
