@@ -44,8 +44,32 @@ def handle_requested(event: Event, config: NodeConfig) -> None:
     assoc.acse.send_reject(
         access.REJECTED_PERMANENT, access.SOURCE_SERVICE_USER, refused.diagnostic
     )
-    evt.trigger(assoc, evt.EVT_REJECTED, {})
     assoc.kill()  # as pynetdicom's own rejection does: waits until the A-ASSOCIATE-RJ is out
+
+
+def handle_rejected(event: Event) -> None:
+    """EVT_REJECTED: a rejection by pynetdicom itself (e.g. ``maximum_associations``)."""
+    rejection = cast(A_ASSOCIATE, event.assoc.acceptor.primitive)
+    LOGGER.warning(
+        "association from %s:%s rejected (result %s, source %s, diagnostic %s): %s",
+        event.assoc.requestor.address,
+        event.assoc.requestor.port,
+        rejection.result,
+        rejection.result_source,
+        rejection.diagnostic,
+        _REJECTION_REASONS.get(
+            (rejection.result_source, rejection.diagnostic), "see PS3.8 table 9-21"
+        ),
+    )
+
+
+_REJECTION_REASONS: dict[tuple[int | None, int | None], str] = {
+    (0x01, 0x03): "calling AE title not recognised",
+    (0x01, 0x07): "called AE title not recognised",
+    (0x02, 0x01): "no reason given (user identity)",
+    (0x03, 0x02): "local limit exceeded: network.maximum_associations reached",
+    (0x03, 0x01): "temporary congestion",
+}
 
 
 def handle_established(event: Event, sessions: Sessions) -> None:
@@ -117,6 +141,7 @@ def build_handlers(
     """The SCP's handlers, in the form ``AE.start_server(evt_handlers=...)`` takes."""
     return [
         (evt.EVT_REQUESTED, handle_requested, [config]),
+        (evt.EVT_REJECTED, handle_rejected),
         (evt.EVT_ESTABLISHED, handle_established, [sessions]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [receiver, sessions]),

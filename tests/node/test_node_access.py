@@ -103,3 +103,20 @@ def test_bad_value_names_file_key_and_value(tools, tmp_path) -> None:
     )
     assert result.returncode == 2
     assert f"{path}: completion.idle_seconds = -1" in result.stderr
+
+
+def test_too_many_associations_are_rejected_with_a_log_line(
+    node_factory, caplog
+) -> None:
+    node = node_factory(network={"maximum_associations": 1})
+    first = _associate_from(node.port, "FIRST", "AINODE")
+    assert first.is_established
+    try:
+        with caplog.at_level(logging.INFO, logger="node"):
+            second = _associate_from(node.port, "SECOND", "AINODE")
+        assert second.is_rejected
+        assert (
+            "local limit exceeded: network.maximum_associations reached" in caplog.text
+        )
+    finally:
+        first.release()
