@@ -169,3 +169,21 @@ def test_statuses_are_storage_failures() -> None:
         statuses.UID_CONFLICT,
     ):
         assert STORAGE_SERVICE_CLASS_STATUS[code][0] == "Failure"
+
+
+def test_concurrent_associations(node_factory, tools, tmp_path) -> None:
+    """Four senders at once: three series, and a fourth series split over two of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    node = node_factory()
+    whole = [tools.series_dir(tmp_path / f"s{i}", n_slices=6) for i in range(3)]
+    split = tools.series_dir(tmp_path / "split", n_slices=8)
+    batches = [whole[0], whole[1], whole[2] + split[:4], split[4:]]
+    with ThreadPoolExecutor(len(batches)) as pool:
+        results = list(pool.map(lambda b: tools.pynetdicom_send(b, node.port), batches))
+    assert results == [[statuses.SUCCESS] * len(b) for b in batches]
+    for paths in [*whole, split]:
+        series_uid = tools.uid_of(paths[0])
+        assert len(tools.stored_sop_uids(series_uid)) == len(paths)
+        tools.wait_for(lambda u=series_uid: tools.series_state(u).state == "complete", timeout=5)
+        assert len(tools.jobs_of(series_uid)) == 1
