@@ -48,10 +48,10 @@ SYNTAXES = (ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, JPEGLSLossles
 MIN_DIAMETER_MM = 5.0
 
 
-def held_out_specs(n: int) -> list[CaseSpec]:
+def held_out_specs(n: int, seed_base: int = SEED_BASE) -> list[CaseSpec]:
     return [
         CaseSpec(
-            seed=SEED_BASE + index,
+            seed=seed_base + index,
             orientation=ORIENTATIONS[index % len(ORIENTATIONS)],
             in_plane_mm=SPACINGS[index % len(SPACINGS)][0],
             slice_mm=SPACINGS[index % len(SPACINGS)][1],
@@ -76,7 +76,7 @@ def ensure_case(root: Path, index: int, spec: CaseSpec) -> tuple[list[Path], np.
     return sorted((folder / "dicom").glob("*.dcm")), labels, truth["lesions"]
 
 
-def score_case(predicted: np.ndarray, truth: np.ndarray, lesions: list[dict]) -> dict:
+def score_case(predicted: np.ndarray, truth: np.ndarray, lesions: list[dict], voxel_mm3: float = 1.0) -> dict:
     """Lesion-wise comparison of predicted and true label maps on the same grid."""
     rows = []
     for lesion in lesions:
@@ -90,7 +90,8 @@ def score_case(predicted: np.ndarray, truth: np.ndarray, lesions: list[dict]) ->
         rows.append({"diameter_mm": lesion["diameter_mm"], "kind": lesion["kind"], "detected": bool(hits.size),
                      "dice": float(dice), "contrast": lesion["contrast"]})
     false_positives = [int(n) for n in np.unique(predicted) if n and not truth[predicted == n].any()]
-    return {"lesions": rows, "false_positives": len(false_positives)}
+    sizes = [round(float((predicted == n).sum() * voxel_mm3), 1) for n in false_positives]
+    return {"lesions": rows, "false_positives": len(false_positives), "false_positive_mm3": sizes}
 
 
 def summarise(cases: list[dict]) -> dict:
@@ -114,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=Path("ae_config.yaml"))
     parser.add_argument("--cases", type=Path, default=Path("/tmp/ainode_heldout"))
     parser.add_argument("--n", type=int, default=30)
+    parser.add_argument("--seed-base", type=int, default=SEED_BASE,
+                        help="first phantom seed (another base gives a validation set for model selection)")
     parser.add_argument("--generate-only", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    specs = held_out_specs(args.n)
+    specs = held_out_specs(args.n, args.seed_base)
     if args.generate_only:
         for index, spec in enumerate(specs):
             ensure_case(args.cases, index, spec)
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         result = segmenter.segment(paths)
         case = {"case": index, **{k: v for k, v in asdict(spec).items() if k in ("orientation", "in_plane_mm",
-                "slice_mm", "reverse_order", "transfer_syntax")}, **score_case(result.labels, truth, lesions),
+                "slice_mm", "reverse_order", "transfer_syntax")}, **score_case(result.labels, truth, lesions, float(abs(np.linalg.det(result.volume.affine_lps[:3, :3])))),
                 "seconds": time.perf_counter() - start}
         cases.append(case)
         print(json.dumps({k: v for k, v in case.items() if k != "lesions"}
