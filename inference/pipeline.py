@@ -89,8 +89,9 @@ class Segmenter:
         """Segment one series given its files; raises InferenceError subclasses with a reason."""
         start = time.perf_counter()
         volume = load_series(paths)
+        loaded = time.perf_counter() - start
         result = self.segment_volume(volume)
-        result.timings = {"load": time.perf_counter() - start, **result.timings}
+        result.timings = {"load": loaded, **result.timings}
         return result
 
     def segment_volume(self, volume: Volume) -> SegmentationResult:
