@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -61,7 +62,9 @@ def test_lesion_lands_at_its_coordinate_through_the_whole_pipeline(
 ) -> None:
     paths, affine = blob_series(tmp_path, orientation, tuple(CENTRE), spacing=(0.8, 0.8, 2.5),
                                 shape=(48, 44, 16), reverse_order=orientation == "sagittal")
+    start = time.perf_counter()
     result = Segmenter(threshold_model).segment(paths)
+    assert sum(result.timings.values()) <= time.perf_counter() - start + 0.01  # stages counted once
     assert len(result.lesions) == 1
     lesion = result.lesions[0]
     assert np.linalg.norm(np.array(lesion.centroid_lps_mm) - CENTRE) < voxel_diagonal(affine) / 2
