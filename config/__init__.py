@@ -5,8 +5,8 @@ from config.loader import DEFAULT_CONFIG_PATH, load_config, log_effective
 from config.schema import NodeConfig
 
 __all__ = [
-    "ConfigError",
     "DEFAULT_CONFIG_PATH",
+    "ConfigError",
     "NodeConfig",
     "NodeError",
     "load_config",

@@ -51,7 +51,7 @@ class Destination(_Section):
     port: int | None = Field(default=None, ge=1, le=65535)
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Destination":
+    def _one_kind(self) -> Destination:
         fixed = (self.ae_title, self.host, self.port)
         if self.reply_to_sender and any(v is not None for v in fixed):
             raise ValueError("reply_to_sender excludes ae_title/host/port")
@@ -108,7 +108,7 @@ class UNETRParams(_Section):
     dropout_rate: float = Field(default=0.0, ge=0, le=1)
 
     @model_validator(mode="after")
-    def _heads_divide(self) -> "UNETRParams":
+    def _heads_divide(self) -> UNETRParams:
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
@@ -177,7 +177,7 @@ class Model(_Section):
     validated_for_clinical_use: bool = False
 
     @model_validator(mode="after")
-    def _channel_exists(self) -> "Model":
+    def _channel_exists(self) -> Model:
         if self.postprocessing.lesion_channel >= self.unetr.out_channels:
             raise ValueError(
                 f"postprocessing.lesion_channel {self.postprocessing.lesion_channel} "
@@ -226,7 +226,7 @@ class NodeConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _secure_by_default(self) -> "NodeConfig":
+    def _secure_by_default(self) -> NodeConfig:
         if not self.peers and not self.bind_is_loopback:
             raise ValueError(
                 f"bind {self.bind} is not loopback and peers is empty: "

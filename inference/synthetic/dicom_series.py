@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -81,7 +80,7 @@ class SeriesSpec:
     bits_stored: int = 16
     manufacturer: str = "ai-node synthetic data"
 
-    def resolved(self) -> "SeriesSpec":
+    def resolved(self) -> SeriesSpec:
         """A copy with every missing UID generated."""
         return replace(
             self,
@@ -341,7 +340,3 @@ def _dcmtk_compress(path: Path, option: str) -> None:
     finally:
         target.unlink(missing_ok=True)
 
-
-def read_back(path: Path) -> Dataset:
-    """Read a written file with its pixel data (a convenience for tests)."""
-    return pydicom.dcmread(path)
