@@ -158,6 +158,7 @@ class Postprocessing(_Section):
     method: Literal["argmax", "threshold"] = "argmax"
     threshold: float = Field(default=0.5, ge=0, le=1)
     min_lesion_mm3: float = Field(default=10.0, ge=0)
+    min_peak_probability: float = Field(default=0.0, ge=0, lt=1)
 
 
 class Model(_Section):

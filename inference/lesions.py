@@ -14,6 +14,10 @@ in patient millimetres whatever the orientation of the series:
   radiologist would measure);
 - first and last slice (``k``) and the centroid in LPS millimetres.
 
+Optionally, a component is kept only when its most confident voxel reaches a
+minimum (``postprocessing.min_peak_probability``): an unsure speck is dropped
+while the edges of a confident lesion keep the usual decision rule.
+
 Distances between voxel centres read about one voxel shorter than the visible
 extent of a lesion; that is the convention of most contouring tools.
 """
@@ -24,6 +28,7 @@ import logging
 
 import cc3d
 import numpy as np
+from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from inference.types import Lesion
@@ -31,17 +36,33 @@ from inference.types import Lesion
 LOGGER = logging.getLogger(__name__)
 
 
-def find_lesions(mask: np.ndarray, affine_lps: np.ndarray, min_lesion_mm3: float) -> tuple[np.ndarray, list[Lesion]]:
-    """``(labels uint16 [i, j, k], lesions)`` with labels numbered like the lesions."""
+def find_lesions(
+    mask: np.ndarray,
+    affine_lps: np.ndarray,
+    min_lesion_mm3: float,
+    confidence: np.ndarray | None = None,
+    min_peak: float = -np.inf,
+) -> tuple[np.ndarray, list[Lesion]]:
+    """``(labels uint16 [i, j, k], lesions)`` with labels numbered like the lesions.
+
+    With a ``confidence`` map (same grid), a component is kept only when its
+    most confident voxel reaches ``min_peak``.
+    """
     components = cc3d.connected_components(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=26)
     voxel_mm3 = float(abs(np.linalg.det(affine_lps[:3, :3])))
     stats = cc3d.statistics(components)
     counts = np.asarray(stats["voxel_counts"], dtype=np.int64)
     kept = [n for n in range(1, len(counts)) if counts[n] * voxel_mm3 >= min_lesion_mm3]
+    small = len(counts) - 1 - len(kept)
+    if small:
+        LOGGER.info("dropped %d component(s) under %.1f mm3", small, min_lesion_mm3)
+    if confidence is not None and kept and min_peak > -np.inf:
+        peaks = ndimage.maximum(confidence, components, index=kept)
+        unsure = [n for n, peak in zip(kept, peaks, strict=True) if peak < min_peak]
+        if unsure:
+            LOGGER.info("dropped %d component(s) whose peak confidence is under %.3f", len(unsure), min_peak)
+        kept = [n for n in kept if n not in set(unsure)]
     kept.sort(key=lambda n: (-counts[n], n))
-    dropped = len(counts) - 1 - len(kept)
-    if dropped:
-        LOGGER.info("dropped %d component(s) under %.1f mm3", dropped, min_lesion_mm3)
     labels = np.zeros(mask.shape, np.uint16)
     lesions: list[Lesion] = []
     for number, component in enumerate(kept, start=1):

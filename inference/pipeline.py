@@ -145,5 +145,21 @@ class Segmenter:
     def postprocess(
         self, logits: torch.Tensor, model_lps: np.ndarray, volume: Volume
     ) -> tuple[np.ndarray, list]:
+        post = self.config.postprocessing
         margin = to_source_grid(self.margin(logits), model_lps, volume, cval=-1.0)
-        return find_lesions(margin > 0, volume.affine_lps, self.config.postprocessing.min_lesion_mm3)
+        return find_lesions(margin > 0, volume.affine_lps, post.min_lesion_mm3,
+                            margin, self.peak_margin(logits.shape[0]))
+
+    def peak_margin(self, channels: int) -> float:
+        """``min_peak_probability`` on the margin's scale (-inf when off).
+
+        Threshold rules: margin = probability - threshold.  Argmax: margin =
+        lesion logit - largest other logit, which is the logit of the lesion
+        probability for a two-channel model.
+        """
+        post = self.config.postprocessing
+        if post.min_peak_probability <= 0:
+            return -np.inf
+        if channels == 1 or post.method == "threshold":
+            return post.min_peak_probability - post.threshold
+        return float(np.log(post.min_peak_probability / (1 - post.min_peak_probability)))

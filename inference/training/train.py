@@ -136,6 +136,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("/tmp/ainode_train"),
                         help="where the resumable checkpoint (with optimiser state) goes")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from these weights (plain state dict) with a fresh optimiser and schedule")
+    parser.add_argument("--keep-snapshots", action="store_true",
+                        help="also keep the weights of every validation in <work>/snapshots/")
     return parser.parse_args(argv)
 
 
@@ -173,6 +177,11 @@ class Trainer:
             self.state = ckpt["state"]
             LOGGER.info("resumed at step %d", self.state["step"])
 
+    def initialise(self, path: Path) -> None:
+        """Fine-tune: start from existing weights; the first validation scores them before any step."""
+        self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        LOGGER.info("initialised from %s", path)
+
     def validation_crops(self) -> tuple[torch.Tensor, torch.Tensor]:
         stream = crop_stream(10_000 + self.args.seed, replace(self.settings, size=self.roi))
         crops = [next(stream) for _ in range(16)]
@@ -202,6 +211,8 @@ class Trainer:
         budget = self.args.minutes * 60.0
         start = time.monotonic() - self.state["seconds"]
         next_val = time.monotonic() + self.args.validate_minutes * 60.0
+        if self.args.init is not None and self.state["step"] == 0:
+            self.validate(validation, 0.0)
         self.model.train()
         while (elapsed := time.monotonic() - start) < budget:
             self.state["seconds"] = elapsed
@@ -223,6 +234,9 @@ class Trainer:
                                  "val_dice": dice})
         LOGGER.info("validation: step %d, %.1f min, crop Dice %.4f (best %.4f)",
                     state["step"], elapsed / 60, dice, state["best"])
+        if self.args.keep_snapshots:
+            (self.args.work / "snapshots").mkdir(exist_ok=True)
+            save_atomic(self.model.state_dict(), self.args.work / "snapshots" / f"step{state['step']:06d}.pt")
         if dice > state["best"]:
             state["best"] = dice
             save_atomic(self.model.state_dict(), out / "weights.pt")
@@ -241,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(args)
     if args.resume:
         trainer.resume()
+    elif args.init is not None:
+        trainer.initialise(args.init)
     trainer.run()
     return 0
 

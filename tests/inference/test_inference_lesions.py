@@ -58,3 +58,18 @@ def test_numbered_by_decreasing_volume_small_ones_dropped_26_connected() -> None
     assert labels[20, 20, 20] == 0  # 2 voxels x 2 mm3 = 4 mm3 < 10 mm3
     _, kept = find_lesions(mask, np.diag([1.0, 1.0, 2.0, 1.0]), min_lesion_mm3=0.0)
     assert [lesion.voxel_count for lesion in kept] == [216, 27, 8, 2]
+
+
+def test_components_whose_peak_confidence_is_low_are_dropped() -> None:
+    mask = np.zeros((30, 30, 30), bool)
+    confidence = np.zeros(mask.shape, np.float32)
+    mask[2:8, 2:8, 2:8] = True  # 216 voxels, unsure everywhere
+    confidence[2:8, 2:8, 2:8] = 0.6
+    mask[12:16, 12:16, 12:16] = True  # 64 voxels, confident at one voxel only
+    confidence[12:16, 12:16, 12:16] = 0.55
+    confidence[13, 14, 13] = 0.97
+    labels, lesions = find_lesions(mask, np.eye(4), 10.0, confidence, min_peak=0.9)
+    assert [lesion.voxel_count for lesion in lesions] == [64]
+    assert labels[13, 13, 13] == 1 and labels[4, 4, 4] == 0
+    _, both = find_lesions(mask, np.eye(4), 10.0, confidence)  # no minimum: both kept
+    assert [lesion.voxel_count for lesion in both] == [216, 64]

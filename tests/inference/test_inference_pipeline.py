@@ -103,3 +103,18 @@ def test_segment_command_writes_nifti_and_lesions_json(tmp_path: Path, threshold
     assert np.allclose(np.diag([-1.0, -1.0, 1.0]) @ ras_centroid, lesion["centroid_lps_mm"], atol=0.05)
     assert np.linalg.norm(np.array(lesion["centroid_lps_mm"]) - CENTRE) < 1.5
     assert run(config, tmp_path / "empty", tmp_path / "out2") == 1
+
+
+def test_min_peak_probability_drops_unsure_components(tmp_path: Path, threshold_model: Model) -> None:
+    """The test network's lesion probability peaks at sigmoid(4) = 0.982 inside the blob."""
+    paths, _ = blob_series(tmp_path, "oblique", tuple(CENTRE))
+
+    def lesions_with(min_peak: float, method: str, threshold: float = 0.5) -> int:
+        post = threshold_model.postprocessing.model_copy(
+            update={"min_peak_probability": min_peak, "method": method, "threshold": threshold})
+        return len(Segmenter(threshold_model.model_copy(update={"postprocessing": post})).segment(paths).lesions)
+
+    assert lesions_with(0.95, "argmax") == 1
+    assert lesions_with(0.99, "argmax") == 0
+    assert lesions_with(0.95, "threshold", 0.3) == 1
+    assert lesions_with(0.99, "threshold", 0.3) == 0
