@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/ainode_tune"))
     parser.add_argument("--n", type=int, default=12)
     parser.add_argument("--seed-base", type=int, default=800_000)
+    parser.add_argument("--weights", type=Path, default=None, help="other weights than the configured ones")
     parser.add_argument("--mode", choices=("gaussian", "constant"), default=None,
                         help="sliding-window blending instead of the configured one")
     parser.add_argument("--out", type=Path, default=None, help="write the whole table as JSON")
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("900000+ are the held-out seeds; tune on another base")
     args.cache.mkdir(parents=True, exist_ok=True)
     model = load_config(args.config).model
+    if args.weights:
+        model = model.model_copy(update={"weights": args.weights.resolve()})
     if args.mode:
         model = model.model_copy(update={"sliding_window": model.sliding_window.model_copy(update={"mode": args.mode})})
     segmenter = Segmenter(model)
