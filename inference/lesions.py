@@ -58,10 +58,10 @@ def find_lesions(
         LOGGER.info("dropped %d component(s) under %.1f mm3", small, min_lesion_mm3)
     if confidence is not None and kept and min_peak > -np.inf:
         peaks = ndimage.maximum(confidence, components, index=kept)
-        unsure = [n for n, peak in zip(kept, peaks, strict=True) if peak < min_peak]
+        unsure = {n for n, peak in zip(kept, peaks, strict=True) if peak < min_peak}
         if unsure:
             LOGGER.info("dropped %d component(s) whose peak confidence is under %.3f", len(unsure), min_peak)
-        kept = [n for n in kept if n not in set(unsure)]
+        kept = [n for n in kept if n not in unsure]
     kept.sort(key=lambda n: (-counts[n], n))
     labels = np.zeros(mask.shape, np.uint16)
     lesions: list[Lesion] = []
