@@ -131,6 +131,20 @@ class Segmenter:
             )
         return torch.as_tensor(logits)[0].float()
 
+    def lesion_probability(self, volume: Volume) -> np.ndarray:
+        """The lesion probability on the source grid (0 outside the model's field of view).
+
+        The same stages as :meth:`segment_volume` up to the decision rule; for
+        choosing thresholds on validation series (:mod:`inference.training.tune`).
+        """
+        image = preprocess(volume, self.config.preprocessing)
+        logits = self.sliding_window(image)
+        if logits.shape[0] == 1:
+            probability = torch.sigmoid(logits[0])
+        else:
+            probability = torch.softmax(logits, 0)[self.config.postprocessing.lesion_channel]
+        return to_source_grid(probability.numpy(), model_affine_lps(image), volume, cval=0.0)
+
     def margin(self, logits: torch.Tensor) -> np.ndarray:
         """Positive where the lesion wins: the decision rule as one map on the model grid."""
         post = self.config.postprocessing

@@ -31,7 +31,6 @@ import numpy as np
 from config.loader import load_config
 from inference.lesions import find_lesions
 from inference.pipeline import Segmenter
-from inference.preprocess import model_affine_lps, preprocess, to_source_grid
 from inference.training.evaluate import (
     ensure_case,
     held_out_specs,
@@ -46,12 +45,9 @@ MIN_PEAK = (0.0, 0.8, 0.9, 0.95, 0.98)
 
 
 def probability_on_source(segmenter: Segmenter, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """Lesion probability resampled to the source grid, and the source affine (two-channel models)."""
+    """Lesion probability on the source grid, and the source affine."""
     volume = load_series(paths)
-    image = preprocess(volume, segmenter.config.preprocessing)
-    logits = segmenter.sliding_window(image)
-    probability = np.asarray(logits.softmax(0)[segmenter.config.postprocessing.lesion_channel])
-    return to_source_grid(probability, model_affine_lps(image), volume, cval=0.0), volume.affine_lps
+    return segmenter.lesion_probability(volume), volume.affine_lps
 
 
 def cached_case(segmenter: Segmenter, cache: Path, root: Path, index: int, spec: object) -> dict:

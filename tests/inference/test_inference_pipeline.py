@@ -118,3 +118,16 @@ def test_min_peak_probability_drops_unsure_components(tmp_path: Path, threshold_
     assert lesions_with(0.99, "argmax") == 0
     assert lesions_with(0.95, "threshold", 0.3) == 1
     assert lesions_with(0.99, "threshold", 0.3) == 0
+
+
+def test_lesion_probability_agrees_with_the_segmentation(tmp_path: Path, threshold_model: Model) -> None:
+    """The probability map that tuning uses is the one the decision rule cuts: same grid, same voxels."""
+    paths, _ = blob_series(tmp_path, "oblique", tuple(CENTRE))
+    segmenter = Segmenter(threshold_model)
+    result = segmenter.segment(paths)
+    probability = segmenter.lesion_probability(result.volume)
+    assert probability.shape == result.labels.shape
+    assert probability.max() == pytest.approx(1 / (1 + np.exp(-4.0)), abs=0.01)  # the test network's peak
+    mask = probability > 0.5
+    dice = 2 * (mask & (result.labels > 0)).sum() / (mask.sum() + (result.labels > 0).sum())
+    assert dice > 0.99
