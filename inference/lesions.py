@@ -28,7 +28,6 @@ import logging
 
 import cc3d
 import numpy as np
-from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from inference.types import Lesion
@@ -57,8 +56,8 @@ def find_lesions(
     if small:
         LOGGER.info("dropped %d component(s) under %.1f mm3", small, min_lesion_mm3)
     if confidence is not None and kept and min_peak > -np.inf:
-        peaks = ndimage.maximum(confidence, components, index=kept)
-        unsure = {n for n, peak in zip(kept, peaks, strict=True) if peak < min_peak}
+        peaks = component_peaks(components, confidence, len(counts))
+        unsure = {n for n in kept if peaks[n] < min_peak}
         if unsure:
             LOGGER.info("dropped %d component(s) whose peak confidence is under %.3f", len(unsure), min_peak)
         kept = [n for n in kept if n not in unsure]
@@ -72,6 +71,19 @@ def find_lesions(
         offset = np.array([s.start for s in box], dtype=float)
         lesions.append(measure(number, np.argwhere(local) + offset, affine_lps, voxel_mm3))
     return labels, lesions
+
+
+def component_peaks(components: np.ndarray, confidence: np.ndarray, count: int) -> np.ndarray:
+    """The highest confidence in each component (index = component number; -inf for 0 and absent ones).
+
+    Only the components' voxels are visited: ``ndimage.maximum`` with labels sorts
+    the whole volume, which took 37 s on a 512x512x300 series.
+    """
+    flat = components.ravel()
+    inside = np.flatnonzero(flat)
+    peaks = np.full(count, -np.inf)
+    np.maximum.at(peaks, flat[inside], confidence.ravel()[inside])
+    return peaks
 
 
 def measure(number: int, ijk: np.ndarray, affine_lps: np.ndarray, voxel_mm3: float) -> Lesion:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from inference.lesions import find_lesions
+from inference.lesions import component_peaks, find_lesions
 from inference.synthetic.blob import cosines
 from inference.synthetic.dicom_series import make_affine
 
@@ -73,3 +74,14 @@ def test_components_whose_peak_confidence_is_low_are_dropped() -> None:
     assert labels[13, 13, 13] == 1 and labels[4, 4, 4] == 0
     _, both = find_lesions(mask, np.eye(4), 10.0, confidence)  # no minimum: both kept
     assert [lesion.voxel_count for lesion in both] == [216, 64]
+
+
+def test_component_peaks_match_scipy() -> None:
+    rng = np.random.default_rng(3)
+    components = rng.integers(0, 6, (20, 18, 16)).astype(np.uint32)
+    components[components == 4] = 0  # a number with no voxels
+    confidence = rng.normal(size=components.shape).astype(np.float32)
+    peaks = component_peaks(components, confidence, 6)
+    expected = ndimage.maximum(confidence, components, index=[1, 2, 3, 5])
+    assert np.allclose(peaks[[1, 2, 3, 5]], expected)
+    assert peaks[0] == -np.inf and peaks[4] == -np.inf
