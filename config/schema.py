@@ -165,7 +165,7 @@ class Model(_Section):
     """The segmentation model and everything needed to run it the same way every time."""
 
     name: str = "ai-node demo UNETR"
-    version: str = "0.2.0"
+    version: str = "0.3.0"
     architecture: Literal["UNETR"] = "UNETR"
     weights: Path = Path("models/demo_unetr/weights.pt")
     format: Literal["auto", "state_dict", "checkpoint", "torchscript"] = "auto"
