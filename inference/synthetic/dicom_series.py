@@ -319,7 +319,7 @@ def _save(ds: Dataset, path: Path, transfer_syntax: str) -> None:
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = (
-        transfer_syntax if transfer_syntax in NATIVE else ExplicitVRLittleEndian
+        UID(transfer_syntax) if transfer_syntax in NATIVE else ExplicitVRLittleEndian
     )
     if transfer_syntax in PYDICOM_ENCODED:
         ds.compress(transfer_syntax)
