@@ -5,10 +5,11 @@
 The network is built from the ``model.unetr`` section of the configuration, so
 the weights always fit the default ``ae_config.yaml``.  Crops come from
 :func:`inference.training.data.crop_stream` in worker processes; each step
-trains on fresh crops and crops replayed from a pool (by default one of each,
-on a GPU host ``--batch 8 --workers 14``), augmented with MONAI transforms (flip, rotation and scaling, elastic deformation, intensity,
-bias field, noise, blur and resolution; by the workers when there are
-several, so that the GPU is not kept waiting).  The loss is MONAI ``DiceCELoss``.
+trains on fresh crops and crops replayed from a pool (by default one of each;
+on a GPU host ``--batch 8 --workers 14``), augmented with MONAI transforms
+(flip, rotation and scaling, elastic deformation, intensity, bias field, noise,
+blur and resolution; by the workers when there are several, so that the GPU is
+not kept waiting).  The loss is MONAI ``DiceCELoss``.
 The learning rate follows a cosine over the time budget.  Every
 ``--validate-minutes`` the model is scored on fixed validation crops; the best
 weights so far are written atomically to ``<out>/weights.pt`` (plain state
@@ -195,7 +196,7 @@ class Trainer:
                                      lower_percentile=intensity.lower_percentile,
                                      upper_percentile=intensity.upper_percentile)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.autocast = True  # bf16: AMX on this project's CPUs, tensor cores on a GPU
+        self.autocast = True  # bf16: AVX512-BF16/AMX on the CPUs this is trained on, tensor cores on a GPU
         self.model = build_unetr(config.unetr).to(self.device)
         self.optimiser = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=1e-5)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
