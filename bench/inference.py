@@ -13,9 +13,9 @@ times each stage (load, preprocess, sliding window, postprocess) for
       the same model and windows,
 
 in the same run, each after an untimed warm-up, and prints the times, the ratio
-and the Dice between the two masks.  A separate process then segments a 512x512x300 series and reports its
-peak resident memory (VmHWM).  Nothing here is asserted: the figures go to
-docs/inference.md with the machine they came from.
+and the Dice between the two masks.  A separate process then segments a
+512x512x300 series and reports its peak resident memory (VmHWM).  Nothing here
+is asserted: the figures go to docs/inference.md with the machine they came from.
 """
 
 from __future__ import annotations
