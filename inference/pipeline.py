@@ -138,21 +138,21 @@ class Segmenter:
         choosing thresholds on validation series (:mod:`inference.training.tune`).
         """
         image = preprocess(volume, self.config.preprocessing)
-        logits = self.sliding_window(image)
-        if logits.shape[0] == 1:
-            probability = torch.sigmoid(logits[0])
-        else:
-            probability = torch.softmax(logits, 0)[self.config.postprocessing.lesion_channel]
+        probability = self.probability(self.sliding_window(image))
         return to_source_grid(probability.numpy(), model_affine_lps(image), volume, cval=0.0)
+
+    def probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """The lesion probability on the model grid: sigmoid of a single channel, else softmax."""
+        if logits.shape[0] == 1:
+            return torch.sigmoid(logits[0])
+        return torch.softmax(logits, 0)[self.config.postprocessing.lesion_channel]
 
     def margin(self, logits: torch.Tensor) -> np.ndarray:
         """Positive where the lesion wins: the decision rule as one map on the model grid."""
         post = self.config.postprocessing
         channel = post.lesion_channel
-        if logits.shape[0] == 1:
-            return (torch.sigmoid(logits[0]) - post.threshold).numpy()
-        if post.method == "threshold":
-            return (torch.softmax(logits, 0)[channel] - post.threshold).numpy()
+        if logits.shape[0] == 1 or post.method == "threshold":
+            return (self.probability(logits) - post.threshold).numpy()
         others = torch.cat([logits[:channel], logits[channel + 1:]]).amax(0)
         return (logits[channel] - others).numpy()
 
