@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from config.schema import NodeConfig
 from inference.model import build_unetr
-from inference.synthetic.case import CaseSpec, write_case
+from demo.synthetic.case import CaseSpec, write_case
 
 
 def _harness() -> Any:

@@ -42,7 +42,7 @@ from config.schema import Model
 from inference.model import build_unetr
 from inference.pipeline import Segmenter
 from inference.preprocess import preprocess
-from inference.synthetic.case import CaseSpec, write_case
+from demo.synthetic.case import CaseSpec, write_case
 from inference.volume import load_series
 
 FULL_SIZE = {"img_size": [96, 96, 96], "feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12}

@@ -44,7 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from inference.synthetic.dicom_series import SeriesSpec, make_affine, write_series
+from demo.synthetic.dicom_series import SeriesSpec, make_affine, write_series
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"

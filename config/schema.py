@@ -188,7 +188,7 @@ class Model(_Section):
 
 
 class Worker(_Section):
-    task: str = "inference.task:segment_job"
+    task: str = "jobs.task:segment_job"
     poll_interval_seconds: float = Field(default=0.5, gt=0)
     #: worker processes that ``ai-node serve`` supervises (0: queue only, no worker)
     processes: int = Field(default=1, ge=0)

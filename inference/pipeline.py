@@ -135,7 +135,7 @@ class Segmenter:
         """The lesion probability on the source grid (0 outside the model's field of view).
 
         The same stages as :meth:`segment_volume` up to the decision rule; for
-        choosing thresholds on validation series (:mod:`inference.training.tune`).
+        choosing thresholds on validation series (:mod:`demo.training.tune`).
         """
         image = preprocess(volume, self.config.preprocessing)
         probability = self.probability(self.sliding_window(image))

@@ -1,4 +1,4 @@
-"""Supervise the worker processes that run jobs (``python -m inference.worker``).
+"""Supervise the worker processes that run jobs (``python -m jobs.worker``).
 
 The worker is a separate *process*: a crash, an out-of-memory kill or a hung
 GPU there cannot take the receiver down.  When a worker exits unexpectedly the
@@ -7,7 +7,7 @@ which fails the job after ``worker.max_attempts`` deaths) and starts a new
 worker after a back-off (1 s, doubling to 60 s; reset after 5 minutes of health).
 
 Workers watch their parent: when ``ai-node serve`` dies, even by ``kill -9``,
-they exit within about a second (see :mod:`inference.worker`).
+they exit within about a second (see :mod:`jobs.worker`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def worker_command(config: NodeConfig) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "inference.worker",
+        "jobs.worker",
         "--config",
         str(config.source),
         "--data-dir",

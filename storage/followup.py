@@ -31,8 +31,8 @@ import peewee
 from pydicom.dataset import Dataset
 
 from config.errors import StorageError
-from inference.types import Lesion as MeasuredLesion
-from inference.types import ModelProvenance
+from common.types import Lesion as MeasuredLesion
+from common.types import ModelProvenance
 from storage.db import BaseModel
 from storage.models import write_transaction
 

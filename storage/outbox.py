@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import peewee
-import pydicom
 
+from common.dicom import read_header
 from config.errors import DeliveryError, StorageError
 from config.schema import Delivery as DeliverySettings
 from config.schema import NodeConfig
@@ -162,7 +162,7 @@ def enqueue(
     """
     rows = []
     for kind, path in files:
-        header = _header(path)
+        header = read_header(path, StorageError, "result file")
         for target in targets:
             rows.append(
                 Delivery(
@@ -184,13 +184,6 @@ def enqueue(
         raise StorageError(f"cannot record deliveries: {exc}") from exc
     LOGGER.info("queued %d deliveries for job %s", len(rows), job_id)
     return rows
-
-
-def _header(path: Path) -> pydicom.Dataset:
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except (OSError, pydicom.errors.InvalidDicomError) as exc:
-        raise StorageError(f"result file {path} cannot be read: {exc}") from exc
 
 
 def claim_due(now: float | None = None, limit: int = 10) -> list[Delivery]:

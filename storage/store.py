@@ -4,30 +4,29 @@ Layout: ``<data_dir>/instances/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstan
 Every path component comes from a UID that :func:`validate_uid` accepted, so no
 received value can climb out of the store.
 
-A write goes to a temporary file in the target directory (``.<uid>.<random>.part``),
-is fsynced, renamed into place and the directory fsynced; a new directory is
-fsynced into its parent too.  Any failure removes the temporary file, so the
+A write is :func:`common.durable.write_durably`: a temporary file in the target
+directory (``.<uid>.<random>.part``), fsynced, renamed into place and the
+directory fsynced; a new directory is fsynced into its parent too.  Files are
+0600 and directories 0700.  Any failure removes the temporary file, so the
 store never holds a partial instance under its final name.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from common.durable import PART_SUFFIX, make_dirs_durably, write_durably
 from config.errors import InvalidUIDError, StorageError
 
 LOGGER = logging.getLogger(__name__)
 
 INSTANCES_DIR = "instances"
 SUFFIX = ".dcm"
-PART_SUFFIX = ".part"
 MAX_UID_LENGTH = 64
 
 #: digits and dots, no empty component.  Stricter than a path needs, looser than
@@ -58,7 +57,7 @@ class InstanceStore:
         self.min_free_bytes = min_free_disk_mb * 1024 * 1024
         self._dir_lock = threading.Lock()
         self._known_dirs: set[Path] = set()
-        _make_dirs_durably(self.root)
+        make_dirs_durably(self.root)
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Path of an instance relative to ``data_dir``; every UID is validated."""
@@ -88,7 +87,7 @@ class InstanceStore:
         final = self.data_dir / relative
         try:
             self._ensure_dir(final.parent)
-            _write_durably(final, data)
+            write_durably(final, data)
         except OSError as exc:
             raise StorageError(
                 f"cannot store {relative.name}: {exc.strerror or exc}"
@@ -102,7 +101,7 @@ class InstanceStore:
         with self._dir_lock:
             if directory in self._known_dirs:
                 return
-            _make_dirs_durably(directory)
+            make_dirs_durably(directory)
             self._known_dirs.add(directory)
 
     def iter_files(self) -> Iterator[Path]:
@@ -120,43 +119,3 @@ class InstanceStore:
 def _subdirs(directory: Path) -> Iterator[Path]:
     if directory.is_dir():
         yield from (p for p in directory.iterdir() if p.is_dir())
-
-
-def _write_durably(final: Path, data: bytes) -> None:
-    fd, temporary = tempfile.mkstemp(
-        dir=final.parent, prefix=f".{final.stem}.", suffix=PART_SUFFIX
-    )
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, final)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    try:
-        _fsync_directory(final.parent)
-    except OSError:
-        final.unlink(missing_ok=True)  # not acknowledged, so not kept half-durable
-        raise
-
-
-def _make_dirs_durably(directory: Path) -> None:
-    """``mkdir -p`` that fsyncs each new directory into its parent."""
-    missing: list[Path] = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for path in reversed(missing):
-        path.mkdir(exist_ok=True)
-        _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

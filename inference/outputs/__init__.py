@@ -1,7 +1,8 @@
 """DICOM results of a segmentation: RT-Struct (rt-utils), SEG and SR (highdicom).
 
     from inference.outputs import write_outputs
-    paths = write_outputs(result, kinds=config.outputs, out_dir=work_dir)
+    written = write_outputs(result, kinds=config.outputs, out_dir=work_dir)
+    written.paths  # {"rtstruct": Path, ...}; written.failed: {"seg": "reason", ...}
 
 Each object is a new series in the source study, names the model that made it
 and says it is not for diagnostic use unless the model is validated (see
@@ -17,8 +18,11 @@ With no lesion there is no SEG (see :mod:`inference.outputs.seg`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from config.errors import NodeError
 
 from inference.outputs.provenance import read_source_headers, save_durably
 from inference.outputs.rtstruct import write_rtstruct
@@ -32,33 +36,63 @@ KINDS = ("rtstruct", "seg", "sr")
 FILE_NAMES = {"rtstruct": "rtstruct.dcm", "seg": "seg.dcm", "sr": "sr.dcm"}
 
 
+@dataclass
+class WrittenOutputs:
+    """What :func:`write_outputs` wrote, by kind, and why any other kind was not written."""
+
+    paths: dict[str, Path] = field(default_factory=dict)  # kind -> file, in KINDS order
+    failed: dict[str, str] = field(default_factory=dict)  # kind -> reason
+    skipped: dict[str, str] = field(default_factory=dict)  # kind -> why nothing to write
+
+
 def write_outputs(
     result: SegmentationResult, kinds: Iterable[str], out_dir: Path
-) -> list[Path]:
-    """Write the requested DICOM objects into ``out_dir``; return their paths in write order."""
-    wanted = [kind for kind in KINDS if kind in set(kinds)]
+) -> WrittenOutputs:
+    """Write the requested DICOM objects into ``out_dir``, each on its own.
+
+    One kind failing (an unusual character set, say) does not stop the others:
+    its reason is in ``failed`` and the caller decides.  Unknown kinds raise
+    ``ValueError`` before anything is written.
+    """
+    kinds = list(kinds)
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(
             f"unknown output kind(s) {sorted(unknown)}; choose from {KINDS}"
         )
+    wanted = [kind for kind in KINDS if kind in set(kinds)]
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
+    written = WrittenOutputs()
     if "rtstruct" in wanted:
-        paths.append(write_rtstruct(result, out_dir / FILE_NAMES["rtstruct"]))
+        _attempt(written, "rtstruct", lambda: write_rtstruct(result, out_dir / FILE_NAMES["rtstruct"]))
     if "seg" not in wanted and "sr" not in wanted:
-        return paths
-    headers = read_source_headers(result.volume)
-    seg = build_seg(result, headers) if result.lesions else None
+        return written
+    try:
+        headers = read_source_headers(result.volume)
+        seg = build_seg(result, headers) if result.lesions else None
+    except Exception as exc:  # noqa: BLE001 - each output fails on its own
+        for kind in ("seg", "sr"):
+            if kind in wanted:
+                written.failed[kind] = _reason(exc)
+        LOGGER.error("SEG/SR of series %s not written: %s", result.volume.series_instance_uid, _reason(exc))
+        return written
     if "seg" in wanted and seg is not None:
-        paths.append(save_durably(seg, out_dir / FILE_NAMES["seg"]))
+        _attempt(written, "seg", lambda: save_durably(seg, out_dir / FILE_NAMES["seg"]))
     elif "seg" in wanted:
-        LOGGER.info(
-            "no lesion in series %s: no SEG written", result.volume.series_instance_uid
-        )
+        written.skipped["seg"] = "no lesion: a SEG needs at least one segment"
+        LOGGER.info("no lesion in series %s: no SEG written", result.volume.series_instance_uid)
     if "sr" in wanted:
-        paths.append(
-            save_durably(build_sr(result, headers, seg), out_dir / FILE_NAMES["sr"])
-        )
-    return paths
+        _attempt(written, "sr", lambda: save_durably(build_sr(result, headers, seg), out_dir / FILE_NAMES["sr"]))
+    return written
+
+
+def _attempt(written: WrittenOutputs, kind: str, write: Callable[[], Path]) -> None:
+    try:
+        written.paths[kind] = write()
+    except Exception as exc:  # noqa: BLE001 - each output fails on its own, with its reason
+        written.failed[kind] = _reason(exc)
+        LOGGER.error("%s not written: %s", kind, _reason(exc))
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, NodeError) else f"{type(exc).__name__}: {exc}"

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import colorsys
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
+from common.dicom import read_header
+from common.durable import make_dirs_durably, write_durably
 from config.errors import InferenceError
 from inference.types import Lesion, ModelProvenance, SegmentationResult, Volume
 
@@ -97,12 +97,7 @@ def read_source_headers(volume: Volume) -> list[Dataset]:
         if source.sop_instance_uid in seen:
             continue
         seen.add(source.sop_instance_uid)
-        try:
-            headers.append(pydicom.dcmread(source.path, stop_before_pixels=True))
-        except (OSError, pydicom.errors.InvalidDicomError) as exc:
-            raise InferenceError(
-                f"source instance {source.path} cannot be read: {exc}"
-            ) from exc
+        headers.append(read_header(source.path, InferenceError, "source instance"))
     return headers
 
 
@@ -127,25 +122,10 @@ def pixel_spacing(volume: Volume) -> list[float]:
 
 
 def save_durably(ds: Dataset, path: Path) -> Path:
-    """Write ``ds`` as a DICOM file: temporary file, fsync, rename, so no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write ``ds`` as a DICOM file with :func:`common.durable.write_durably` (owner-only)."""
     try:
-        with open(tmp, "wb") as handle:
-            ds.save_as(handle, enforce_file_format=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_directory(path.parent)
+        make_dirs_durably(path.parent)
+        write_durably(path, lambda handle: ds.save_as(handle, enforce_file_format=True))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise InferenceError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
-
-
-def _fsync_directory(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -50,7 +50,6 @@ from inference.types import Lesion, SegmentationResult, Volume
 
 LOGGER = logging.getLogger(__name__)
 
-RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 SERIES_NUMBER = 9001
 
 #: attributes copied from the source header into the per-slice headers rt-utils reads

@@ -85,24 +85,6 @@ def build_seg(
     return seg
 
 
-def write_seg(
-    result: SegmentationResult, path: Path, source_images: list[Dataset] | None = None
-) -> Path:
-    """Write the SEG of ``result`` to ``path`` (durably) and return it."""
-    headers = (
-        source_images
-        if source_images is not None
-        else read_source_headers(result.volume)
-    )
-    seg = build_seg(result, headers)
-    LOGGER.info(
-        "SEG with %d segment(s) for series %s",
-        len(result.lesions),
-        result.volume.series_instance_uid,
-    )
-    return save_durably(seg, path)
-
-
 def _frames(result: SegmentationResult, source_images: list[Dataset]) -> np.ndarray:
     """Label map ``(frames, rows, columns)`` in the order of the source images / frames.
 

@@ -97,22 +97,6 @@ def build_sr(
     return sr
 
 
-def write_sr(
-    result: SegmentationResult,
-    path: Path,
-    source_images: list[Dataset],
-    seg: Dataset | None,
-) -> Path:
-    """Write the measurement report of ``result`` to ``path`` (durably) and return it."""
-    sr = build_sr(result, source_images, seg)
-    LOGGER.info(
-        "SR with %d lesion(s) for series %s",
-        len(result.lesions),
-        result.volume.series_instance_uid,
-    )
-    return save_durably(sr, path)
-
-
 def _lesion_group(
     lesion: Lesion, rank: int, seg: Dataset, algorithm: hd.sr.AlgorithmIdentification
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:

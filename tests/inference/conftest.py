@@ -1,7 +1,7 @@
 """Shared helpers of the inference tests.
 
 Series with a bright sphere at a known patient coordinate come from
-:mod:`inference.synthetic.blob` (package code, shared with the benchmark).
+:mod:`demo.synthetic.blob` (package code, shared with the benchmark).
 - ``threshold_model``: a real TorchScript model file whose "lesion" logit is the
   normalised intensity minus 0.5, so the whole pipeline (load, preprocess,
   sliding window, back to the source grid, lesions) can be checked for geometry

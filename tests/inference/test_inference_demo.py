@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from inference.synthetic.case import CaseSpec, write_case
+from demo.synthetic.case import CaseSpec, write_case
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 
 from inference.lesions import component_peaks, find_lesions
-from inference.synthetic.blob import cosines
-from inference.synthetic.dicom_series import make_affine
+from demo.synthetic.blob import cosines
+from demo.synthetic.dicom_series import make_affine
 
 # an ellipsoid in patient space: semi-axes 10 mm along L-R, 5 mm along A-P, 4 mm along S-I
 CENTRE = np.array([20.0, -15.0, 30.0])

@@ -20,7 +20,7 @@ from config.schema import Model
 from inference.pipeline import Segmenter, choose_device, cpu_supports_bf16
 from inference.preprocess import RAS_LABELS, model_affine_lps, preprocess
 from inference.segment_cli import run
-from inference.synthetic.blob import (
+from demo.synthetic.blob import (
     ORIENTATION_NAMES,
     blob_series,
     centroid_lps,

@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from inference.synthetic.case import CaseSpec, write_case
-from inference.synthetic.metastases import random_metastasis
+from demo.synthetic.case import CaseSpec, write_case
+from demo.synthetic.metastases import random_metastasis
 from inference.volume import load_series
 
 

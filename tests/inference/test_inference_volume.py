@@ -19,13 +19,13 @@ from pydicom.uid import (
 )
 
 from config.errors import SeriesGeometryError
-from inference.synthetic.blob import (
+from demo.synthetic.blob import (
     ORIENTATION_NAMES,
     blob_series,
     centroid_lps,
     voxel_diagonal,
 )
-from inference.synthetic.dicom_series import small_series
+from demo.synthetic.dicom_series import small_series
 from inference.volume import load_series
 
 CENTRE = np.array([12.3, -20.7, 31.4])

@@ -4,7 +4,7 @@
   port with its own data directory (stopped in teardown);
 * ``pynetdicom_send`` / ``storescu`` / ``echoscu`` are real peers over loopback;
 * ``series_dir`` writes a small MR series with the shared builder
-  (``inference.synthetic.dicom_series``).
+  (``demo.synthetic.dicom_series``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import yaml
 from pynetdicom import AE, build_context
 
 from config.loader import load_config
-from inference.synthetic.dicom_series import small_series
+from demo.synthetic.dicom_series import small_series
 from node.server import Node
 from storage.models import Job, ReceivedInstance, ReceivedSeries, connected
 
@@ -47,7 +47,7 @@ def write_config(directory: Path, **settings: Any) -> Path:
         "completion": {"idle_seconds": 30, "check_interval_seconds": 0.1},
         "worker": {
             "processes": 0,
-            "task": "storage.tasks:summarize_series",
+            "task": "jobs.summary:summarize_series",
             "poll_interval_seconds": 0.1,
         },
         "log_level": "INFO",

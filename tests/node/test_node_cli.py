@@ -103,13 +103,13 @@ def test_echo_to_nobody_fails(tools, tmp_path) -> None:
 def test_node_and_worker_never_import_torch(tools) -> None:
     """node/ never imports torch; the worker imports it only through the task it loads."""
     code = (
-        "import sys, node.cli, node.server, inference.worker, storage.tasks; "
+        "import sys, node.cli, node.server, jobs.worker, jobs.summary; "
         "assert 'torch' not in sys.modules and 'monai' not in sys.modules, 'torch imported'"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    worker_only = "import sys, inference.worker; assert 'pynetdicom' not in sys.modules"
+    worker_only = "import sys, jobs.worker; assert 'pynetdicom' not in sys.modules"
     result = subprocess.run(
         [sys.executable, "-c", worker_only], capture_output=True, text=True, check=False
     )
-    assert result.returncode == 0, "inference.worker imported pynetdicom: " + result.stderr
+    assert result.returncode == 0, "jobs.worker imported pynetdicom: " + result.stderr

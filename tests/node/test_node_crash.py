@@ -86,7 +86,7 @@ def test_kill_9_mid_series_loses_nothing_and_queues_once(tools, tmp_path):
         completion={
             "idle_seconds": 30
         },  # only the count on release completes it in time
-        worker={"processes": 1},  # task: storage.tasks:summarize_series
+        worker={"processes": 1},  # task: jobs.summary:summarize_series
     )
     config = load_config(config_path)
     paths = tools.series_dir(tmp_path / "in", n_slices=N_SLICES, size=64)

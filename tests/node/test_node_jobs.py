@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from inference.worker import run_job, run_worker
+from jobs.worker import run_job, run_worker
 from storage.jobs import claim_next, requeue_interrupted
 from storage.models import Job, connected
 

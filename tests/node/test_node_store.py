@@ -15,7 +15,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 
 from config.errors import InvalidUIDError
-from inference.synthetic.dicom_series import SeriesSpec, make_affine, write_series
+from demo.synthetic.dicom_series import SeriesSpec, make_affine, write_series
 from node import statuses
 from storage.models import ReceivedInstance, ReceivedSeries, connected
 from storage.store import validate_uid

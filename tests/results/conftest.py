@@ -23,7 +23,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from inference.outputs import write_outputs
-from inference.synthetic.dicom_series import (
+from demo.synthetic.dicom_series import (
     ORIENTATIONS,
     SeriesSpec,
     make_affine,
@@ -199,5 +199,4 @@ def result_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An RT-Struct, SEG and SR of a small known case (written once per session)."""
     root = tmp_path_factory.mktemp("results")
     _, result = build_case(root / "series")
-    paths = write_outputs(result, ["rtstruct", "seg", "sr"], root / "out")
-    return {p.stem: p for p in paths}
+    return write_outputs(result, ["rtstruct", "seg", "sr"], root / "out").paths

@@ -148,7 +148,7 @@ def test_routing_round_trip(tmp_path: Path) -> None:
 @pytest.mark.skipif(not DEMO_WEIGHTS.exists(), reason="demo weights not committed yet")
 def test_demo_model_contours_land_on_the_lesions(tmp_path: Path) -> None:
     from inference.lesions import find_lesions
-    from inference.synthetic.case import CaseSpec, write_case
+    from demo.synthetic.case import CaseSpec, write_case
     from inference.volume import load_series
 
     truth = write_case(tmp_path / "case", CaseSpec(seed=11, orientation="sagittal", slice_mm=2.0, fov_scale=0.85,

@@ -127,16 +127,14 @@ def test_no_lesion_gives_an_explicit_result(tmp_path: Path) -> None:
         tmp_path / "series", blobs=(), transfer_syntax=ExplicitVRLittleEndian
     )
     assert result.lesions == [] and not result.labels.any()
-    paths = write_outputs(result, ["rtstruct", "seg", "sr"], tmp_path / "out")
-    assert [p.name for p in paths] == [
-        "rtstruct.dcm",
-        "sr.dcm",
-    ]  # a SEG needs a segment
-    ds = pydicom.dcmread(paths[0])
+    written = write_outputs(result, ["rtstruct", "seg", "sr"], tmp_path / "out")
+    assert list(written.paths) == ["rtstruct", "sr"]  # a SEG needs a segment
+    assert "seg" in written.skipped and not written.failed
+    ds = pydicom.dcmread(written.paths["rtstruct"])
     assert ds.SeriesDescription.endswith("NO LESION FOUND")
     assert [r.ROIName for r in ds.StructureSetROISequence] == ["NO LESION FOUND"]
     assert "ContourSequence" not in ds.ROIContourSequence[0]
-    sr = pydicom.dcmread(paths[1])
+    sr = pydicom.dcmread(written.paths["sr"])
     assert sr.SeriesDescription.endswith("NO LESION FOUND")
 
 

@@ -50,9 +50,9 @@ def test_seg_one_segment_per_lesion_in_place(
         enhanced=enhanced,
         reverse_order=True,
     )
-    written = write_outputs(result, ["seg"], tmp_path / "out")
-    assert [p.name for p in written] == ["seg.dcm"]
-    seg = hd.seg.segread(written[0])
+    written = write_outputs(result, ["seg"], tmp_path / "out").paths
+    assert [p.name for p in written.values()] == ["seg.dcm"]
+    seg = hd.seg.segread(written["seg"])
     volume = result.volume
     assert seg.StudyInstanceUID == volume.study_instance_uid
     assert seg.SeriesInstanceUID != volume.series_instance_uid
@@ -83,7 +83,8 @@ def test_seg_one_segment_per_lesion_in_place(
 
 def test_sr_measurements_reference_segments_and_images(tmp_path: Path) -> None:
     paths, result = build_case(tmp_path / "series", orientation="coronal")
-    seg_path, sr_path = write_outputs(result, ["seg", "sr"], tmp_path / "out")
+    written = write_outputs(result, ["seg", "sr"], tmp_path / "out").paths
+    seg_path, sr_path = written["seg"], written["sr"]
     seg = pydicom.dcmread(seg_path)
     sr = hd.sr.srread(sr_path)
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
@@ -131,9 +132,9 @@ def test_sr_measurements_reference_segments_and_images(tmp_path: Path) -> None:
 
 def test_sr_without_seg_still_references_segments(tmp_path: Path) -> None:
     _, result = build_case(tmp_path / "series")
-    written = write_outputs(result, ["sr"], tmp_path / "out")
-    assert [p.name for p in written] == ["sr.dcm"]
-    sr = hd.sr.srread(written[0])
+    written = write_outputs(result, ["sr"], tmp_path / "out").paths
+    assert [p.name for p in written.values()] == ["sr.dcm"]
+    sr = hd.sr.srread(written["sr"])
     assert len(sr.content.get_volumetric_roi_measurement_groups()) == len(
         result.lesions
     )
@@ -141,7 +142,7 @@ def test_sr_without_seg_still_references_segments(tmp_path: Path) -> None:
 
 def test_no_lesion_sr_says_lesion_absent(tmp_path: Path) -> None:
     _, result = build_case(tmp_path / "series", blobs=())
-    (sr_path,) = write_outputs(result, ["sr"], tmp_path / "out")
+    sr_path = write_outputs(result, ["sr"], tmp_path / "out").paths["sr"]
     sr = hd.sr.srread(sr_path)
     assert sr.content.get_volumetric_roi_measurement_groups() == []
     (group,) = sr.content.get_image_measurement_groups()

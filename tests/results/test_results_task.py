@@ -14,7 +14,7 @@ import torch
 from config.errors import DeliveryError, InferenceError
 from config.schema import NodeConfig
 from inference.model import build_unetr
-from inference.task import segment_job
+from jobs.task import segment_job
 from node.delivery import DeliveryService
 from storage import followup, outbox
 from storage.jobs import JobContext

@@ -1,10 +1,10 @@
 """A synthetic case on disk: a DICOM series of a brain with metastases, its true mask and truth file.
 
-    from inference.synthetic.case import CaseSpec, write_case
+    from demo.synthetic.case import CaseSpec, write_case
     truth = write_case(Path("case01"), CaseSpec(seed=1, orientation="sagittal", slice_mm=3.0))
 
 writes ``case01/dicom/*.dcm`` (through the shared builder
-:mod:`inference.synthetic.dicom_series`, so any orientation, slice order and
+:mod:`demo.synthetic.dicom_series`, so any orientation, slice order and
 transfer syntax), ``case01/truth_mask.nii.gz`` (lesion labels 1..n on the
 series' own grid, RAS affine) and ``case01/truth.json``: each lesion's centre
 in LPS millimetres, nominal diameter, kind, contrast, oedema and its volume on
@@ -21,8 +21,8 @@ import nibabel as nib
 import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian
 
-from inference.synthetic.brain import Phantom, random_phantom, render
-from inference.synthetic.dicom_series import (
+from demo.synthetic.brain import Phantom, random_phantom, render
+from demo.synthetic.dicom_series import (
     ORIENTATIONS,
     SeriesSpec,
     make_affine,

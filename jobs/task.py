@@ -1,6 +1,6 @@
 """The worker's task: segment one complete series and hand its results to the outbox.
 
-``worker.task: inference.task:segment_job`` (the default).  For one job:
+``worker.task: jobs.task:segment_job`` (the default).  For one job:
 
 1. run :class:`inference.pipeline.Segmenter` (one per worker process, so the
    model is loaded once) on the series' stored instances;

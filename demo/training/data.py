@@ -7,7 +7,7 @@ slices along a random axis with partial volume, 0.5-1.5 mm in plane, Rician
 noise), then resampled trilinearly to the model grid, then normalised with
 percentiles of the whole (coarsely drawn) field of view.  Head pose (rotation,
 scale, shift) is random per phantom; MONAI transforms add the rest of the
-augmentation in :mod:`inference.training.train`.
+augmentation in :mod:`demo.training.train`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from inference.synthetic.brain import Phantom, random_phantom, render
+from demo.synthetic.brain import Phantom, random_phantom, render
 
 RAS_AXES = np.diag([-1.0, -1.0, 1.0])  # RAS voxel axes in LPS
 ACQ_MARGIN_MM = 6.0

@@ -1,6 +1,6 @@
 """Evaluate a model on generated held-out series, through the real DICOM path.
 
-    python -m inference.training.evaluate --cases /tmp/heldout --n 30 --out models/demo_unetr/evaluation.json
+    python -m demo.training.evaluate --cases /tmp/heldout --n 30 --out models/demo_unetr/evaluation.json
 
 Each case is a synthetic brain written as a DICOM series (every orientation,
 0.5-1.5 mm in plane, 1-5 mm slices, both slice orders, several transfer
@@ -36,7 +36,7 @@ from pydicom.uid import (
 
 from config.loader import load_config
 from inference.pipeline import Segmenter
-from inference.synthetic.case import CaseSpec, write_case
+from demo.synthetic.case import CaseSpec, write_case
 
 LOGGER = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.polynomial import legendre
 
-from inference.synthetic.anatomy import Template
+from demo.synthetic.anatomy import Template
 
 EDGE_MM = 0.6  # width of the soft edge used for the image (partial volume), not the mask
 

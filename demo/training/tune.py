@@ -1,6 +1,6 @@
 """Choose the post-processing on *validation* series (never the held-out ones).
 
-    python -m inference.training.tune --cases /tmp/ainode_val --n 12 --cache /tmp/ainode_tune [--mode constant]
+    python -m demo.training.tune --cases /tmp/ainode_val --n 12 --cache /tmp/ainode_tune [--mode constant]
 
 Each validation series (phantom seeds from ``--seed-base``, 800000 by default;
 the held-out evaluation uses 900000+) goes through the configured pipeline up
@@ -13,7 +13,7 @@ every combination of
 - ``postprocessing.min_peak_probability`` (a component is kept only when its
   most confident voxel reaches it)
 
-is scored exactly as :mod:`inference.training.evaluate` scores the held-out
+is scored exactly as :mod:`demo.training.evaluate` scores the held-out
 set, and the table is printed best first: combinations meeting the
 sensitivity (>= 0.95) and false-positive (<= 0.5 per series) targets, by mean
 lesion Dice.
@@ -31,7 +31,7 @@ import numpy as np
 from config.loader import load_config
 from inference.lesions import find_lesions
 from inference.pipeline import Segmenter
-from inference.training.evaluate import (
+from demo.training.evaluate import (
     ensure_case,
     held_out_specs,
     score_case,

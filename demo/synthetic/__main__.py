@@ -1,6 +1,6 @@
 """Write a synthetic case (brain MR series with metastases, true mask, truth.json) to a folder.
 
-    python -m inference.synthetic case01 --orientation sagittal --slice-mm 2 --seed 1
+    python -m demo.synthetic case01 --orientation sagittal --slice-mm 2 --seed 1
 
 The DICOM files land in ``case01/dicom/``, ready for ``storescu +sd``.  Synthetic
 data only: for demonstrations and tests, never for clinical use.
@@ -14,14 +14,14 @@ from pathlib import Path
 
 from pydicom.uid import UID
 
-from inference.synthetic.case import CaseSpec, write_case
-from inference.synthetic.dicom_series import SUPPORTED_TRANSFER_SYNTAXES
+from demo.synthetic.case import CaseSpec, write_case
+from demo.synthetic.dicom_series import SUPPORTED_TRANSFER_SYNTAXES
 
 TRANSFER_SYNTAXES = {UID(ts).keyword: ts for ts in SUPPORTED_TRANSFER_SYNTAXES}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inference.synthetic", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m demo.synthetic", description=__doc__)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(

@@ -1,10 +1,10 @@
 """A small real task for the job queue: summarise a series into ``summary.json``.
 
-``worker.task: storage.tasks:summarize_series`` makes the worker read every
+``worker.task: jobs.summary:summarize_series`` makes the worker read every
 instance of the series with pydicom (pixel data included, so a truncated or
 undecodable file fails) and write what it found into the job's work_dir.  The
 tests of the queue, the worker and their recovery use it; the segmentation task
-(``inference.task:segment_job``) replaces it in production.
+(``jobs.task:segment_job``) replaces it in production.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The worker process: ``python -m inference.worker --config ae_config.yaml``.
+"""The worker process: ``python -m jobs.worker --config ae_config.yaml``.
 
 Claims queued jobs one at a time, runs the configured task (``worker.task``,
 ``module:function``, imported lazily at the first job so that this module
@@ -36,7 +36,7 @@ from storage.db import init_database
 from storage.jobs import JobContext, claim_next, finish
 from storage.models import JOB_QUEUED, JOB_RUNNING, Job, connected, write_transaction
 
-LOGGER = logging.getLogger("inference.worker")
+LOGGER = logging.getLogger("jobs.worker")
 
 Task = Callable[[JobContext], None]
 PARENT_POLL_SECONDS = 1.0
@@ -153,7 +153,7 @@ def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m inference.worker", description=__doc__
+        prog="python -m jobs.worker", description=__doc__
     )
     parser.add_argument(
         "--config", default="ae_config.yaml", help="ae_config.yaml to use"
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config, overrides={"data_dir": args.data_dir})
     except ConfigError as exc:
-        print(f"inference.worker: {exc}", file=sys.stderr)
+        print(f"jobs.worker: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=config.log_level,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.synthetic.dicom_series import (
+from demo.synthetic.dicom_series import (
     ORIENTATIONS,
     SeriesSpec,
     make_affine,

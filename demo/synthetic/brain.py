@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from inference.synthetic.anatomy import Template, load_template, pose_matrix
-from inference.synthetic.metastases import Metastasis, place_metastases
+from demo.synthetic.anatomy import Template, load_template, pose_matrix
+from demo.synthetic.metastases import Metastasis, place_metastases
 
 WHITE_MATTER = 0.87  # template intensity of white matter
 CHUNK_POINTS = 1 << 20

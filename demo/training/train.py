@@ -1,10 +1,10 @@
 """Train the demo UNETR on synthetic brains (CPU with bf16 autocast, or CUDA).
 
-    python -m inference.training.train --minutes 80 --out models/demo_unetr
+    python -m demo.training.train --minutes 80 --out models/demo_unetr
 
 The network is built from the ``model.unetr`` section of the configuration, so
 the weights always fit the default ``ae_config.yaml``.  Crops come from
-:func:`inference.training.data.crop_stream` in worker processes; each step
+:func:`demo.training.data.crop_stream` in worker processes; each step
 trains on fresh crops and crops replayed from a pool (by default one of each;
 on a GPU host ``--batch 8 --workers 14``), augmented with MONAI transforms
 (flip, rotation and scaling, elastic deformation, intensity, bias field, noise,
@@ -39,7 +39,7 @@ from monai.losses import DiceCELoss
 
 from config.loader import load_config
 from inference.model import build_unetr
-from inference.training.data import CropSettings, crop_stream
+from demo.training.data import CropSettings, crop_stream
 
 LOGGER = logging.getLogger(__name__)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

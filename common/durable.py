@@ -1,0 +1,73 @@
+"""The one durable write of the node: temporary file, fsync, rename, directory fsync.
+
+Every file the node writes holds PHI, so every file is created owner-only
+(0600) and every directory owner-only (0700), whatever the process umask.
+
+:func:`write_durably` never leaves a partial file under the final name: the
+data goes to ``.<name>.<random>.part`` in the target directory, is fsynced and
+renamed into place, and the directory is fsynced.  Any failure removes the
+temporary file and raises ``OSError``; callers translate it at their boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+PART_SUFFIX = ".part"
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def write_durably(final: Path, data: bytes | Callable[[BinaryIO], None]) -> Path:
+    """Write ``data`` (bytes, or a function that writes to a binary file) at ``final``.
+
+    The parent directory must exist (see :func:`make_dirs_durably`).
+    """
+    fd, temporary = tempfile.mkstemp(
+        dir=final.parent, prefix=f".{final.stem}.", suffix=PART_SUFFIX
+    )
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                data(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    try:
+        fsync_directory(final.parent)
+    except OSError:
+        final.unlink(missing_ok=True)  # not acknowledged, so not kept half-durable
+        raise
+    return final
+
+
+def make_dirs_durably(directory: Path) -> None:
+    """``mkdir -p`` (owner-only) that fsyncs each new directory into its parent."""
+    missing: list[Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        path.mkdir(mode=DIR_MODE, exist_ok=True)
+        os.chmod(path, DIR_MODE)  # mkdir's mode is masked by the umask
+        fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the directory's entries (a rename, a new file) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
