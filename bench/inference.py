@@ -39,13 +39,19 @@ import torch
 
 from config.loader import load_config
 from config.schema import Model
+from demo.synthetic.case import CaseSpec, write_case
 from inference.model import build_unetr
 from inference.pipeline import Segmenter
 from inference.preprocess import preprocess
-from demo.synthetic.case import CaseSpec, write_case
 from inference.volume import load_series
 
-FULL_SIZE = {"img_size": [96, 96, 96], "feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12}
+FULL_SIZE = {
+    "img_size": [96, 96, 96],
+    "feature_size": 16,
+    "hidden_size": 768,
+    "mlp_dim": 3072,
+    "num_heads": 12,
+}
 
 
 def sdk_default(config: Model) -> Model:
@@ -59,10 +65,17 @@ def full_size_config(config: Model, folder: Path) -> Model:
     torch.manual_seed(0)
     path = folder / "full_size_random.pt"
     torch.save(build_unetr(params).state_dict(), path)
-    window = config.sliding_window.model_copy(update={"roi_size": (96, 96, 96), "sw_batch_size": 1,
-                                                      "overlap": 0.25, "mode": "gaussian"})
-    return config.model_copy(update={"name": "UNETR full size (random weights)", "weights": path,
-                                     "unetr": params, "sliding_window": window})
+    window = config.sliding_window.model_copy(
+        update={"roi_size": (96, 96, 96), "sw_batch_size": 1, "overlap": 0.25, "mode": "gaussian"}
+    )
+    return config.model_copy(
+        update={
+            "name": "UNETR full size (random weights)",
+            "weights": path,
+            "unetr": params,
+            "sliding_window": window,
+        }
+    )
 
 
 def warm_up(segmenter: Segmenter, paths: list[Path]) -> None:
@@ -92,10 +105,16 @@ def compare(name: str, config: Model, paths: list[Path]) -> dict:
     theirs, mask_b, _ = run_once(sdk_default(config), paths)
     total = mask_a.sum() + mask_b.sum()
     dice = 1.0 if total == 0 else float(2 * (mask_a & mask_b).sum() / total)
-    row = {"model": name, "ours": ours, "ours_precision": precision, "sdk_default": theirs,
-           "speedup_total": round(theirs["total"] / ours["total"], 2),
-           "speedup_sliding_window": round(theirs["sliding_window"] / ours["sliding_window"], 2),
-           "dice_between_masks": round(dice, 4), "lesion_voxels": [int(mask_a.sum()), int(mask_b.sum())]}
+    row = {
+        "model": name,
+        "ours": ours,
+        "ours_precision": precision,
+        "sdk_default": theirs,
+        "speedup_total": round(theirs["total"] / ours["total"], 2),
+        "speedup_sliding_window": round(theirs["sliding_window"] / ours["sliding_window"], 2),
+        "dice_between_masks": round(dice, 4),
+        "lesion_voxels": [int(mask_a.sum()), int(mask_b.sum())],
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -119,15 +138,35 @@ def memory_child(folder: Path, config_path: Path) -> None:
     paths = sorted(folder.glob("*.dcm"))
     result = Segmenter(load_config(config_path).model).segment(paths)
     peak_mb = peak_resident_mb()
-    print(json.dumps({"shape": list(result.volume.array.shape), "peak_rss_mb": round(peak_mb),
-                      "timings": {k: round(v, 2) for k, v in result.timings.items()}}))
+    print(
+        json.dumps(
+            {
+                "shape": list(result.volume.array.shape),
+                "peak_rss_mb": round(peak_mb),
+                "timings": {k: round(v, 2) for k, v in result.timings.items()},
+            }
+        )
+    )
 
 
 def memory_run(work: Path, config_path: Path) -> dict:
-    spec = CaseSpec(seed=4242, orientation="axial", in_plane_mm=0.5, slice_mm=0.6, fov_mm=(256.0, 256.0, 180.0))
+    spec = CaseSpec(
+        seed=4242, orientation="axial", in_plane_mm=0.5, slice_mm=0.6, fov_mm=(256.0, 256.0, 180.0)
+    )
     write_case(work / "big", spec)  # 512 x 512 x 300
-    out = subprocess.run([sys.executable, __file__, "--memory-child", str(work / "big" / "dicom"),
-                          "--config", str(config_path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            str(work / "big" / "dicom"),
+            "--config",
+            str(config_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     row = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps({"memory": row}), flush=True)
     return row
@@ -146,16 +185,35 @@ def main() -> int:
         memory_child(args.memory_child, args.config)
         return 0
     config = load_config(args.config).model
-    print(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                      "torch_threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)
+    print(
+        json.dumps(
+            {
+                "machine": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            }
+        ),
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        case = write_case(work / "brain", CaseSpec(seed=77, orientation="axial", in_plane_mm=1.0, slice_mm=1.0))
-        print(json.dumps({"series": list(case.labels.shape), "spacing_mm": [1.0, 1.0, 1.0]}), flush=True)
+        case = write_case(
+            work / "brain", CaseSpec(seed=77, orientation="axial", in_plane_mm=1.0, slice_mm=1.0)
+        )
+        print(
+            json.dumps({"series": list(case.labels.shape), "spacing_mm": [1.0, 1.0, 1.0]}),
+            flush=True,
+        )
         rows = [] if args.skip_demo else [compare("demo UNETR", config, case.dicom_paths)]
         if not args.skip_full_size:
-            rows.append(compare("full-size UNETR (random weights)", full_size_config(config, work),
-                                case.dicom_paths))
+            rows.append(
+                compare(
+                    "full-size UNETR (random weights)",
+                    full_size_config(config, work),
+                    case.dicom_paths,
+                )
+            )
         memory = None if args.skip_memory else memory_run(work, args.config)
     if args.out:
         args.out.write_text(json.dumps({"comparisons": rows, "memory": memory}, indent=1))

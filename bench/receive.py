@@ -110,9 +110,7 @@ def start_node(work: Path, port: int) -> subprocess.Popen[bytes]:
     )
     script = Path(sys.executable).parent / "ai-node"
     command = [str(script), "serve", "--config", str(config)]
-    return subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_orthanc(work: Path, port: int) -> subprocess.Popen[bytes]:
@@ -138,9 +136,7 @@ def start_orthanc(work: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def start_bare(
-    work: Path, port: int, pdu: int = NODE_MAXIMUM_PDU_SIZE
-) -> subprocess.Popen[bytes]:
+def start_bare(work: Path, port: int, pdu: int = NODE_MAXIMUM_PDU_SIZE) -> subprocess.Popen[bytes]:
     bare = [__file__, "--bare-scp", str(port), str(work / "bare"), str(pdu)]
     return subprocess.Popen(
         [sys.executable, *bare], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -251,9 +247,7 @@ def main() -> int:
     for bare in ("bare", "bare-16k"):
         if "node" in results and bare in results:
             slowdown = results["node"] / results[bare]
-            print(
-                f"node vs {bare} fsync SCP: {slowdown:.2f}x the time (target <= 1.3x)"
-            )
+            print(f"node vs {bare} fsync SCP: {slowdown:.2f}x the time (target <= 1.3x)")
     return 0
 
 

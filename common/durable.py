@@ -27,9 +27,7 @@ def write_durably(final: Path, data: bytes | Callable[[BinaryIO], None]) -> Path
 
     The parent directory must exist (see :func:`make_dirs_durably`).
     """
-    fd, temporary = tempfile.mkstemp(
-        dir=final.parent, prefix=f".{final.stem}.", suffix=PART_SUFFIX
-    )
+    fd, temporary = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.", suffix=PART_SUFFIX)
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:

@@ -47,7 +47,9 @@ def find_lesions(
     With a ``confidence`` map (same grid), a component is kept only when its
     most confident voxel reaches ``min_peak``.
     """
-    components = cc3d.connected_components(np.ascontiguousarray(mask, dtype=np.uint8), connectivity=26)
+    components = cc3d.connected_components(
+        np.ascontiguousarray(mask, dtype=np.uint8), connectivity=26
+    )
     voxel_mm3 = float(abs(np.linalg.det(affine_lps[:3, :3])))
     stats = cc3d.statistics(components)
     counts = np.asarray(stats["voxel_counts"], dtype=np.int64)
@@ -59,7 +61,9 @@ def find_lesions(
         peaks = component_peaks(components, confidence, len(counts))
         unsure = {n for n in kept if peaks[n] < min_peak}
         if unsure:
-            LOGGER.info("dropped %d component(s) whose peak confidence is under %.3f", len(unsure), min_peak)
+            LOGGER.info(
+                "dropped %d component(s) whose peak confidence is under %.3f", len(unsure), min_peak
+            )
         kept = [n for n in kept if n not in unsure]
     kept.sort(key=lambda n: (-counts[n], n))
     labels = np.zeros(mask.shape, np.uint16)

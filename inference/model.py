@@ -115,7 +115,7 @@ def _read_state(path: Path, kind: str) -> Mapping[str, torch.Tensor]:
 def strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """Remove a DataParallel-style prefix when every key carries it."""
     if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return dict(state)
 
 

@@ -46,14 +46,18 @@ def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
         except OSError:
             return False
-    flags = {word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split()}
+    flags = {
+        word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split()
+    }
     return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def choose_device(config: Model) -> tuple[torch.device, str]:
     """``(device, precision)`` from configuration and the hardware; logged by the caller."""
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if config.device == "cuda" or (config.device == "auto" and cuda) else "cpu")
+    device = torch.device(
+        "cuda" if config.device == "cuda" or (config.device == "auto" and cuda) else "cpu"
+    )
     if config.precision != "auto":
         return device, config.precision
     if device.type == "cuda":
@@ -73,15 +77,22 @@ class Segmenter:
     @property
     def provenance(self) -> ModelProvenance:
         return ModelProvenance(
-            name=self.config.name, version=self.config.version, weights_sha256=self._sha256,
-            device=self.device.type, precision=self.precision,
+            name=self.config.name,
+            version=self.config.version,
+            weights_sha256=self._sha256,
+            device=self.device.type,
+            precision=self.precision,
             validated_for_clinical_use=self.config.validated_for_clinical_use,
         )
 
     def model(self) -> torch.nn.Module:
         if self._model is None:
-            LOGGER.info("inference on %s with %s (%s)", self.device, self.precision,
-                        "autocast" if self.precision == "bf16" else "no autocast")
+            LOGGER.info(
+                "inference on %s with %s (%s)",
+                self.device,
+                self.precision,
+                "autocast" if self.precision == "bf16" else "no autocast",
+            )
             self._model, self._sha256 = load_model(self.config, self.device)
         return self._model
 
@@ -109,8 +120,12 @@ class Segmenter:
         start = time.perf_counter()
         labels, lesions = self.postprocess(logits, model_affine_lps(image), volume)
         timings["postprocess"] = time.perf_counter() - start
-        LOGGER.info("series %s: %d lesion(s); %s", volume.series_instance_uid, len(lesions),
-                    ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
+        LOGGER.info(
+            "series %s: %d lesion(s); %s",
+            volume.series_instance_uid,
+            len(lesions),
+            ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()),
+        )
         return SegmentationResult(volume, labels, lesions, self.provenance, timings)
 
     def _autocast(self) -> AbstractContextManager[object]:
@@ -125,9 +140,14 @@ class Segmenter:
         inputs = torch.as_tensor(image).as_subclass(torch.Tensor)[None].to(self.device)
         with torch.inference_mode(), self._autocast():
             logits = sliding_window_inference(
-                inputs, roi_size=window.roi_size, sw_batch_size=window.sw_batch_size,
-                predictor=model, overlap=window.overlap, mode=window.mode,
-                sw_device=self.device, device=torch.device("cpu"),
+                inputs,
+                roi_size=window.roi_size,
+                sw_batch_size=window.sw_batch_size,
+                predictor=model,
+                overlap=window.overlap,
+                mode=window.mode,
+                sw_device=self.device,
+                device=torch.device("cpu"),
             )
         return torch.as_tensor(logits)[0].float()
 
@@ -153,7 +173,7 @@ class Segmenter:
         channel = post.lesion_channel
         if logits.shape[0] == 1 or post.method == "threshold":
             return (self.probability(logits) - post.threshold).numpy()
-        others = torch.cat([logits[:channel], logits[channel + 1:]]).amax(0)
+        others = torch.cat([logits[:channel], logits[channel + 1 :]]).amax(0)
         return (logits[channel] - others).numpy()
 
     def postprocess(
@@ -161,8 +181,13 @@ class Segmenter:
     ) -> tuple[np.ndarray, list]:
         post = self.config.postprocessing
         margin = to_source_grid(self.margin(logits), model_lps, volume, cval=-1.0)
-        return find_lesions(margin > 0, volume.affine_lps, post.min_lesion_mm3,
-                            margin, self.peak_margin(logits.shape[0]))
+        return find_lesions(
+            margin > 0,
+            volume.affine_lps,
+            post.min_lesion_mm3,
+            margin,
+            self.peak_margin(logits.shape[0]),
+        )
 
     def peak_margin(self, channels: int) -> float:
         """``min_peak_probability`` on the margin's scale (-inf when off).

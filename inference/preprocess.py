@@ -45,11 +45,16 @@ def build_transforms(config: Preprocessing) -> mt.Compose:
         mt.Orientationd(KEY, axcodes=config.orientation, labels=RAS_LABELS),
     ]
     if config.spacing is not None:
-        steps.append(mt.Spacingd(KEY, pixdim=config.spacing, mode="bilinear", padding_mode="border"))
+        steps.append(
+            mt.Spacingd(KEY, pixdim=config.spacing, mode="bilinear", padding_mode="border")
+        )
     steps.append(_intensity(config))
     if config.crop_foreground:
-        steps.append(mt.CropForegroundd(KEY, source_key=KEY, select_fn=lambda x: x > 0, margin=8,
-                                        allow_smaller=True))
+        steps.append(
+            mt.CropForegroundd(
+                KEY, source_key=KEY, select_fn=lambda x: x > 0, margin=8, allow_smaller=True
+            )
+        )
     return mt.Compose(steps)
 
 
@@ -58,18 +63,30 @@ def _intensity(config: Preprocessing) -> mt.Transform:
     if intensity.mode == "zscore":
         return mt.NormalizeIntensityd(KEY, nonzero=True)
     if intensity.mode == "range":
-        return mt.ScaleIntensityRanged(KEY, a_min=intensity.a_min, a_max=intensity.a_max,
-                                       b_min=intensity.b_min, b_max=intensity.b_max, clip=intensity.clip)
+        return mt.ScaleIntensityRanged(
+            KEY,
+            a_min=intensity.a_min,
+            a_max=intensity.a_max,
+            b_min=intensity.b_min,
+            b_max=intensity.b_max,
+            clip=intensity.clip,
+        )
     return mt.ScaleIntensityRangePercentilesd(
-        KEY, lower=intensity.lower_percentile, upper=intensity.upper_percentile,
-        b_min=intensity.b_min, b_max=intensity.b_max, clip=intensity.clip,
+        KEY,
+        lower=intensity.lower_percentile,
+        upper=intensity.upper_percentile,
+        b_min=intensity.b_min,
+        b_max=intensity.b_max,
+        clip=intensity.clip,
     )
 
 
 def preprocess(volume: Volume, config: Preprocessing) -> MetaTensor:
     """The model's input ``[1, x, y, z]`` with its RAS affine in ``.affine``."""
     out = build_transforms(config)({KEY: to_metatensor(volume)})[KEY]
-    LOGGER.debug("preprocessed %s -> %s, affine\n%s", volume.array.shape, tuple(out.shape), out.affine)
+    LOGGER.debug(
+        "preprocessed %s -> %s, affine\n%s", volume.array.shape, tuple(out.shape), out.affine
+    )
     return out
 
 
@@ -78,7 +95,9 @@ def model_affine_lps(image: MetaTensor) -> np.ndarray:
     return LPS_TO_RAS @ np.asarray(image.affine, dtype=np.float64)
 
 
-def to_source_grid(model_map: np.ndarray, model_lps: np.ndarray, volume: Volume, cval: float) -> np.ndarray:
+def to_source_grid(
+    model_map: np.ndarray, model_lps: np.ndarray, volume: Volume, cval: float
+) -> np.ndarray:
     """Resample a map on the model grid back to the source voxels (trilinear, exact geometry).
 
     Equivalent to MONAI ``Invertd`` on the Spacing/Orientation trace, done in chunks
@@ -91,8 +110,17 @@ def to_source_grid(model_map: np.ndarray, model_lps: np.ndarray, volume: Volume,
     i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
     for k0 in range(0, shape[2], per_chunk):
         ks = np.arange(k0, min(shape[2], k0 + per_chunk))
-        ijk = np.stack([np.repeat(i[..., None], len(ks), 2), np.repeat(j[..., None], len(ks), 2),
-                        np.broadcast_to(ks, i.shape + (len(ks),))]).reshape(3, -1).astype(np.float64)
+        ijk = (
+            np.stack(
+                [
+                    np.repeat(i[..., None], len(ks), 2),
+                    np.repeat(j[..., None], len(ks), 2),
+                    np.broadcast_to(ks, i.shape + (len(ks),)),
+                ]
+            )
+            .reshape(3, -1)
+            .astype(np.float64)
+        )
         coords = source_to_model[:3, :3] @ ijk + source_to_model[:3, 3:4]
         values = ndimage.map_coordinates(model_map, coords, order=1, mode="constant", cval=cval)
         out[:, :, ks] = values.reshape(shape[0], shape[1], len(ks))

@@ -63,7 +63,9 @@ def find_series(folder: Path) -> dict[str, list[Path]]:
     groups: dict[str, list[Path]] = defaultdict(list)
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Rows"])
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Rows"]
+            )
         except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError):
             LOGGER.debug("skipping %s: not DICOM", path)
             continue

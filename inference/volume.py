@@ -72,8 +72,12 @@ def load_series(paths: Sequence[Path], min_slices: int = MIN_SLICES) -> Volume:
     affine = _affine(frames[0], step)
     array = np.stack([_pixels(frame) for frame in frames], axis=2)
     first = datasets[0][1]
-    LOGGER.info("series %s: %s voxels, spacing %s mm", first.SeriesInstanceUID, array.shape,
-                tuple(round(float(np.linalg.norm(affine[:3, a])), 4) for a in range(3)))
+    LOGGER.info(
+        "series %s: %s voxels, spacing %s mm",
+        first.SeriesInstanceUID,
+        array.shape,
+        tuple(round(float(np.linalg.norm(affine[:3, a])), 4) for a in range(3)),
+    )
     return Volume(
         array=array,
         affine_lps=affine,
@@ -90,7 +94,9 @@ def _read(path: Path) -> Dataset:
     except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise SeriesGeometryError(f"{path.name}: not a readable DICOM file ({exc})") from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise SeriesGeometryError(f"{path.name}: has no pixel data (SOP class {ds.get('SOPClassUID', '?')})")
+        raise SeriesGeometryError(
+            f"{path.name}: has no pixel data (SOP class {ds.get('SOPClassUID', '?')})"
+        )
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise SeriesGeometryError(
             f"{path.name}: {ds.SamplesPerPixel} samples per pixel ({ds.get('PhotometricInterpretation')}); "
@@ -102,10 +108,14 @@ def _read(path: Path) -> Dataset:
 def _check_one_series(datasets: list[tuple[Path, Dataset]]) -> None:
     uids = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds in datasets})
     if len(uids) > 1:
-        raise SeriesGeometryError(f"the files belong to {len(uids)} series ({', '.join(uids[:3])}…), not one")
+        raise SeriesGeometryError(
+            f"the files belong to {len(uids)} series ({', '.join(uids[:3])}…), not one"
+        )
     frames_of_ref = {str(ds.get("FrameOfReferenceUID", "")) for _, ds in datasets}
     if len(frames_of_ref) > 1:
-        raise SeriesGeometryError("the images have different FrameOfReferenceUIDs: they do not share one space")
+        raise SeriesGeometryError(
+            "the images have different FrameOfReferenceUIDs: they do not share one space"
+        )
 
 
 def _frames(path: Path, ds: Dataset) -> list[Frame]:
@@ -115,7 +125,11 @@ def _frames(path: Path, ds: Dataset) -> list[Frame]:
         raise SeriesGeometryError(
             f"{path.name}: a multi-frame image without per-frame functional groups has no per-frame positions"
         )
-    missing = [k for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") if k not in ds]
+    missing = [
+        k
+        for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+        if k not in ds
+    ]
     if missing:
         raise SeriesGeometryError(
             f"{path.name} (InstanceNumber {ds.get('InstanceNumber', '?')}): missing {', '.join(missing)}; "
@@ -127,13 +141,19 @@ def _frames(path: Path, ds: Dataset) -> list[Frame]:
 
 def _enhanced_frame(path: Path, ds: Dataset, index: int) -> Frame:
     per_frame = ds.PerFrameFunctionalGroupsSequence[index]
-    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()
+    shared = (
+        ds.SharedFunctionalGroupsSequence[0]
+        if "SharedFunctionalGroupsSequence" in ds
+        else Dataset()
+    )
 
     def group(name: str) -> Dataset:
         for holder in (per_frame, shared):
             if name in holder and len(holder[name].value):
                 return holder[name].value[0]
-        raise SeriesGeometryError(f"{path.name} frame {index + 1}: functional group {name} is missing")
+        raise SeriesGeometryError(
+            f"{path.name} frame {index + 1}: functional group {name} is missing"
+        )
 
     source = SourceSlice(path, str(ds.SOPInstanceUID), str(ds.SOPClassUID), frame_number=index + 1)
     try:
@@ -147,15 +167,25 @@ def _enhanced_frame(path: Path, ds: Dataset, index: int) -> Frame:
 
 
 def _frame(
-    source: SourceSlice, ds: Dataset, position: Dataset, orientation: Dataset, measures: Dataset,
-    transform: Dataset | None = None, frame_index: int | None = None,
+    source: SourceSlice,
+    ds: Dataset,
+    position: Dataset,
+    orientation: Dataset,
+    measures: Dataset,
+    transform: Dataset | None = None,
+    frame_index: int | None = None,
 ) -> Frame:
     transform = ds if transform is None else transform
     where = source.path.name + (f" frame {frame_index + 1}" if frame_index is not None else "")
-    for holder, key in ((position, "ImagePositionPatient"), (orientation, "ImageOrientationPatient"),
-                        (measures, "PixelSpacing")):
+    for holder, key in (
+        (position, "ImagePositionPatient"),
+        (orientation, "ImageOrientationPatient"),
+        (measures, "PixelSpacing"),
+    ):
         if key not in holder or holder[key].value is None or len(holder[key].value) == 0:
-            raise SeriesGeometryError(f"{where}: missing {key}; the image cannot be placed in patient space")
+            raise SeriesGeometryError(
+                f"{where}: missing {key}; the image cannot be placed in patient space"
+            )
     spacing = tuple(float(v) for v in measures.PixelSpacing)
     if len(spacing) != 2 or min(spacing) <= 0:
         raise SeriesGeometryError(f"{where}: invalid PixelSpacing {list(measures.PixelSpacing)}")
@@ -184,13 +214,21 @@ def _check_consistent(frames: list[Frame]) -> None:
         )
     sizes = sorted({f.shape for f in frames})
     if len(sizes) > 1:
-        raise SeriesGeometryError(f"mixed image sizes (Rows x Columns): {', '.join(f'{r}x{c}' for r, c in sizes)}")
+        raise SeriesGeometryError(
+            f"mixed image sizes (Rows x Columns): {', '.join(f'{r}x{c}' for r, c in sizes)}"
+        )
     spacings = sorted({tuple(round(s, 4) for s in f.pixel_spacing) for f in frames})
     if len(spacings) > 1:
         raise SeriesGeometryError(f"mixed PixelSpacing in one series: {spacings}")
     row, col = frames[0].orientation[:3], frames[0].orientation[3:]
-    if abs(np.linalg.norm(row) - 1) > 0.01 or abs(np.linalg.norm(col) - 1) > 0.01 or abs(row @ col) > 0.01:
-        raise SeriesGeometryError(f"ImageOrientationPatient {list(frames[0].orientation)} is not two unit orthogonal vectors")
+    if (
+        abs(np.linalg.norm(row) - 1) > 0.01
+        or abs(np.linalg.norm(col) - 1) > 0.01
+        or abs(row @ col) > 0.01
+    ):
+        raise SeriesGeometryError(
+            f"ImageOrientationPatient {list(frames[0].orientation)} is not two unit orthogonal vectors"
+        )
 
 
 def _distinct(vectors: list[np.ndarray]) -> list[np.ndarray]:
@@ -254,5 +292,7 @@ def _pixels(frame: Frame) -> np.ndarray:
             f"{frame.source.path.name}: pixel data cannot be decoded (transfer syntax {syntax}): {exc}"
         ) from exc
     if plane.shape != frame.shape:
-        raise SeriesGeometryError(f"{frame.source.path.name}: pixel data shape {plane.shape} != {frame.shape}")
+        raise SeriesGeometryError(
+            f"{frame.source.path.name}: pixel data shape {plane.shape} != {frame.shape}"
+        )
     return (plane.astype(np.float32) * frame.slope + frame.intercept).T

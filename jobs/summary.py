@@ -41,9 +41,7 @@ def summarize_series(context: JobContext) -> None:
     }
     target = context.work_dir / SUMMARY_NAME
     target.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    LOGGER.info(
-        "job %d: summary of %d instance(s) written", context.job_id, len(instances)
-    )
+    LOGGER.info("job %d: summary of %d instance(s) written", context.job_id, len(instances))
 
 
 def _describe(path: Path) -> dict[str, Any]:

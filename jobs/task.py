@@ -55,9 +55,7 @@ def segmenter_for(model_config: Model) -> Segmenter:
 def segment_job(context: JobContext) -> None:
     """Segment the job's series, write and record its results, and queue their delivery."""
     if _already_queued(context.job_id):
-        LOGGER.info(
-            "job %d: results already queued, not running it again", context.job_id
-        )
+        LOGGER.info("job %d: results already queued, not running it again", context.job_id)
         return
     if not context.instance_paths:
         raise InferenceError("the series has no stored instance")
@@ -72,30 +70,36 @@ def segment_job(context: JobContext) -> None:
     started = time.perf_counter()
     source = _header(result.volume.slices[0].path)
     followup.record_run(
-        source, result.provenance, result.lesions, job_id=context.job_id,
-        timings=result.timings, notes=result.volume.notes,
-    )  # fmt: skip
+        source,
+        result.provenance,
+        result.lesions,
+        job_id=context.job_id,
+        timings=result.timings,
+        notes=result.volume.notes,
+    )
     context.record_stage("followup", time.perf_counter() - started)
 
     started = time.perf_counter()
     targets = outbox.resolve_targets(context.config, context.calling_ae_title)
     kinds = {name: kind for kind, name in FILE_NAMES.items()}
     outbox.enqueue(
-        [(kinds[path.name], path) for path in paths], targets,
-        job_id=context.job_id, source_series_instance_uid=context.series_instance_uid,
-    )  # fmt: skip
+        [(kinds[path.name], path) for path in paths],
+        targets,
+        job_id=context.job_id,
+        source_series_instance_uid=context.series_instance_uid,
+    )
     context.record_stage("enqueue", time.perf_counter() - started)
     LOGGER.info(
         "job %d: %d lesion(s), %d object(s) queued for %s",
-        context.job_id, len(result.lesions), len(paths),
+        context.job_id,
+        len(result.lesions),
+        len(paths),
         ", ".join(f"{t.ae_title}@{t.host}:{t.port}" for t in targets),
-    )  # fmt: skip
+    )
 
 
 def _already_queued(job_id: int) -> bool:
-    return bool(
-        outbox.Delivery.select().where(outbox.Delivery.job_id == job_id).exists()
-    )
+    return bool(outbox.Delivery.select().where(outbox.Delivery.job_id == job_id).exists())
 
 
 def _header(path: Path) -> pydicom.Dataset:

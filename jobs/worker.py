@@ -87,9 +87,7 @@ def run_job(context: JobContext, task_name: str) -> bool:
         current = finish(context.job_id, ok, reason)
     elapsed = time.monotonic() - started
     if not current:
-        LOGGER.info(
-            "job %d: superseded while running; its result is outdated", context.job_id
-        )
+        LOGGER.info("job %d: superseded while running; its result is outdated", context.job_id)
     elif ok:
         LOGGER.info("job %d: succeeded in %.1f s", context.job_id, elapsed)
     else:
@@ -109,9 +107,7 @@ def _requeue_own(job_id: int) -> None:
     LOGGER.info("job %d: re-queued (worker stopping)", job_id)
 
 
-def run_worker(
-    config: NodeConfig, stop: threading.Event, max_jobs: int | None = None
-) -> int:
+def run_worker(config: NodeConfig, stop: threading.Event, max_jobs: int | None = None) -> int:
     """Claim and run jobs until ``stop`` is set (or ``max_jobs`` ran); returns jobs run."""
     done = 0
     while not stop.is_set() and (max_jobs is None or done < max_jobs):
@@ -125,9 +121,7 @@ def run_worker(
     return done
 
 
-def watch_parent(
-    parent_pid: int, interval: float = PARENT_POLL_SECONDS
-) -> threading.Thread:
+def watch_parent(parent_pid: int, interval: float = PARENT_POLL_SECONDS) -> threading.Thread:
     """Exit the process as soon as ``parent_pid`` is no longer our parent."""
 
     def _watch() -> None:
@@ -152,12 +146,8 @@ def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.worker", description=__doc__
-    )
-    parser.add_argument(
-        "--config", default="ae_config.yaml", help="ae_config.yaml to use"
-    )
+    parser = argparse.ArgumentParser(prog="python -m jobs.worker", description=__doc__)
+    parser.add_argument("--config", default="ae_config.yaml", help="ae_config.yaml to use")
     parser.add_argument("--data-dir", help="override data_dir")
     parser.add_argument(
         "--parent-pid",

@@ -34,9 +34,7 @@ class Refusal:
     reason: str
 
 
-def refusal(
-    config: NodeConfig, calling_ae: str, called_ae: str, address: str
-) -> Refusal | None:
+def refusal(config: NodeConfig, calling_ae: str, called_ae: str, address: str) -> Refusal | None:
     """Why this association request must be rejected, or None when it is acceptable."""
     calling_ae, called_ae = calling_ae.strip(), called_ae.strip()
     if called_ae != config.ae_title:

@@ -55,15 +55,11 @@ def _serve(args: argparse.Namespace, config: NodeConfig) -> int:
 
 
 def _add_status(sub: Any, common: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser(
-        "status", parents=[common], help="series, jobs and deliveries"
-    )
+    parser = sub.add_parser("status", parents=[common], help="series, jobs and deliveries")
     parser.add_argument(
         "--json", action="store_true", help="machine-readable output (docs/node.md)"
     )
-    parser.add_argument(
-        "--limit", type=int, default=None, help="at most this many series and jobs"
-    )
+    parser.add_argument("--limit", type=int, default=None, help="at most this many series and jobs")
     parser.set_defaults(handler=_status)
 
 
@@ -88,9 +84,7 @@ def _status(args: argparse.Namespace, config: NodeConfig) -> int:
 
 
 def _add_echo(sub: Any, common: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser(
-        "echo", parents=[common], help="C-ECHO a peer: AE@HOST:PORT"
-    )
+    parser = sub.add_parser("echo", parents=[common], help="C-ECHO a peer: AE@HOST:PORT")
     parser.add_argument("peer", help="AE@HOST:PORT")
     parser.set_defaults(handler=_echo)
 
@@ -104,9 +98,7 @@ def _echo(args: argparse.Namespace, config: NodeConfig) -> int:
 
 
 def _add_segment(sub: Any, common: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser(
-        "segment", parents=[common], help="segment a DICOM series directory"
-    )
+    parser = sub.add_parser("segment", parents=[common], help="segment a DICOM series directory")
     parser.add_argument("dicom_dir", type=Path)
     parser.add_argument("--output", type=Path, required=True, help="output directory")
     parser.set_defaults(handler=_segment)
@@ -144,9 +136,7 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
     )
     # pynetdicom logs every PDU and request at INFO; keep its warnings only, unless debugging
-    logging.getLogger("pynetdicom").setLevel(
-        logging.DEBUG if level == "DEBUG" else logging.WARNING
-    )
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -158,9 +148,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(
-            args.config, overrides=_overrides(args)
-        )
+        config = load_config(args.config, overrides=_overrides(args))
     except ConfigError as exc:
         print(f"ai-node: configuration error:\n{exc}", file=sys.stderr)
         return 2

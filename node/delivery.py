@@ -83,9 +83,15 @@ class DeliveryService:
         outbox.mark_sent(delivery)
         LOGGER.info(
             "delivery %s sent: %s %s to %s@%s:%s in %.2f s (attempt %d)",
-            delivery.id, delivery.kind, delivery.sop_instance_uid, target.ae_title,
-            target.host, target.port, time.monotonic() - started, delivery.attempts,
-        )  # fmt: skip
+            delivery.id,
+            delivery.kind,
+            delivery.sop_instance_uid,
+            target.ae_title,
+            target.host,
+            target.port,
+            time.monotonic() - started,
+            delivery.attempts,
+        )
 
     def _failed(self, delivery: outbox.Delivery, reason: str) -> None:
         try:
@@ -103,8 +109,11 @@ class DeliveryService:
         else:
             LOGGER.warning(
                 "delivery %s attempt %d failed, retrying in %.0f s: %s",
-                delivery.id, delivery.attempts, delivery.next_at - time.time(), reason,
-            )  # fmt: skip
+                delivery.id,
+                delivery.attempts,
+                delivery.next_at - time.time(),
+                reason,
+            )
 
     def _release(self, delivery: outbox.Delivery) -> None:
         outbox.release(delivery)

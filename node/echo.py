@@ -26,16 +26,8 @@ class Address:
         ae_title, at, rest = text.partition("@")
         host, colon, port = rest.rpartition(":")
         host = host.strip("[]")
-        if (
-            not at
-            or not colon
-            or not host
-            or not AE_TITLE_RE.match(ae_title)
-            or not port.isdigit()
-        ):
-            raise ConfigError(
-                f"{text!r}: expected AE@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242"
-            )
+        if not at or not colon or not host or not AE_TITLE_RE.match(ae_title) or not port.isdigit():
+            raise ConfigError(f"{text!r}: expected AE@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242")
         if not 1 <= int(port) <= 65535:
             raise ConfigError(f"{text!r}: port {port} is not 1-65535")
         return cls(ae_title, host, int(port))
@@ -56,24 +48,14 @@ def echo(config: NodeConfig, peer: Address) -> EchoResult:
     ae.add_requested_context(Verification)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
-        why = (
-            "rejected"
-            if assoc.is_rejected
-            else "aborted"
-            if assoc.is_aborted
-            else "failed"
-        )
-        return EchoResult(
-            False, f"association with {peer.ae_title}@{peer.host}:{peer.port} {why}"
-        )
+        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
+        return EchoResult(False, f"association with {peer.ae_title}@{peer.host}:{peer.port} {why}")
     try:
         status = assoc.send_c_echo()
     finally:
         assoc.release()
     code = int(status.Status) if status and "Status" in status else None
     if code == 0x0000:
-        return EchoResult(
-            True, f"C-ECHO {peer.ae_title}@{peer.host}:{peer.port}: Success"
-        )
+        return EchoResult(True, f"C-ECHO {peer.ae_title}@{peer.host}:{peer.port}: Success")
     shown = "no response" if code is None else f"0x{code:04X}"
     return EchoResult(False, f"C-ECHO {peer.ae_title}@{peer.host}:{peer.port}: {shown}")

@@ -66,9 +66,7 @@ class Receiver:
     def __init__(self, store: InstanceStore) -> None:
         self.store = store
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
-        self._series_ids: dict[
-            str, int
-        ] = {}  # SeriesInstanceUID -> row id, for the fast path
+        self._series_ids: dict[str, int] = {}  # SeriesInstanceUID -> row id, for the fast path
 
     def receive(
         self,
@@ -84,9 +82,7 @@ class Receiver:
             return _failed(statuses.INVALID_UID, str(exc))
         except UnreadableDatasetError as exc:
             return _failed(statuses.CANNOT_UNDERSTAND, str(exc))
-        mismatch = _request_mismatch(
-            header, affected_sop_class_uid, affected_sop_instance_uid
-        )
+        mismatch = _request_mismatch(header, affected_sop_class_uid, affected_sop_instance_uid)
         if mismatch:
             return _failed(statuses.DATA_SET_DOES_NOT_MATCH, mismatch)
         relative = self.store.relative_path(
@@ -127,9 +123,7 @@ class Receiver:
 
 def _answer(outcome: RecordOutcome) -> StoreOutcome:
     if outcome.result == CONFLICT:
-        return StoreOutcome(
-            statuses.UID_CONFLICT, FAILED, outcome.series_id, outcome.detail
-        )
+        return StoreOutcome(statuses.UID_CONFLICT, FAILED, outcome.series_id, outcome.detail)
     result = DUPLICATE if outcome.result == DUPLICATE else STORED
     return StoreOutcome(statuses.SUCCESS, result, outcome.series_id)
 

@@ -24,23 +24,15 @@ from config.schema import NodeConfig
 
 
 def add_retry(sub: Any, common: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser(
-        "retry", parents=[common], help="send dead deliveries again"
-    )
-    parser.add_argument(
-        "--id", type=int, action="append", dest="ids", help="only this delivery id"
-    )
+    parser = sub.add_parser("retry", parents=[common], help="send dead deliveries again")
+    parser.add_argument("--id", type=int, action="append", dest="ids", help="only this delivery id")
     parser.set_defaults(handler=retry)
 
 
 def add_followup(sub: Any, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser("followup", help="follow-up record of a patient")
-    actions = parser.add_subparsers(
-        dest="followup_command", required=True, metavar="ACTION"
-    )
-    show = actions.add_parser(
-        "show", parents=[common], help="a patient's studies and lesions"
-    )
+    actions = parser.add_subparsers(dest="followup_command", required=True, metavar="ACTION")
+    show = actions.add_parser("show", parents=[common], help="a patient's studies and lesions")
     show.add_argument("patient_id", help="PatientID (0010,0020)")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(handler=followup_show)

@@ -126,9 +126,7 @@ def serve(config: NodeConfig) -> int:
     try:
         node.start()
     except OSError as exc:
-        LOGGER.error(
-            "cannot listen on %s:%d: %s", config.bind, config.port, exc.strerror or exc
-        )
+        LOGGER.error("cannot listen on %s:%d: %s", config.bind, config.port, exc.strerror or exc)
         node.stop()
         return 1
     try:

@@ -85,19 +85,13 @@ class WorkerSupervisor(threading.Thread):
             self._reap(slot, process, now)
             process = None
         with self._lock:
-            if (
-                process is None
-                and now >= slot.restart_at
-                and not self._stop_event.is_set()
-            ):
+            if process is None and now >= slot.restart_at and not self._stop_event.is_set():
                 slot.process = subprocess.Popen(self.command)
                 slot.started = now
                 LOGGER.info("worker process %d started", slot.process.pid)
 
     def _reap(self, slot: _Slot, process: subprocess.Popen[bytes], now: float) -> None:
-        LOGGER.error(
-            "worker process %d exited with %s", process.pid, process.returncode
-        )
+        LOGGER.error("worker process %d exited with %s", process.pid, process.returncode)
         with connected():
             requeue_interrupted(self.max_attempts, worker_pid=process.pid)
         if now - slot.started > HEALTHY_AFTER:
@@ -109,11 +103,7 @@ class WorkerSupervisor(threading.Thread):
     @property
     def pids(self) -> list[int]:
         with self._lock:
-            return [
-                s.process.pid
-                for s in self.slots
-                if s.process and s.process.poll() is None
-            ]
+            return [s.process.pid for s in self.slots if s.process and s.process.poll() is None]
 
     def stop(self) -> None:
         """Ask every worker to stop (SIGTERM re-queues its job), kill stragglers."""
@@ -128,8 +118,6 @@ class WorkerSupervisor(threading.Thread):
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                LOGGER.warning(
-                    "worker process %d did not stop; killing it", process.pid
-                )
+                LOGGER.warning("worker process %d did not stop; killing it", process.pid)
                 process.kill()
                 process.wait()

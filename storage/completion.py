@@ -77,9 +77,7 @@ def expected_count(rows: Sequence[tuple[str, int | None, int | None]]) -> int | 
     return total
 
 
-def complete_if_count_matches(
-    series_ids: Iterable[int], segment_classes: Sequence[str]
-) -> None:
+def complete_if_count_matches(series_ids: Iterable[int], segment_classes: Sequence[str]) -> None:
     """Called when an association is released: complete every series whose count matches."""
     for series_id in series_ids:
         with write_transaction():
@@ -103,19 +101,14 @@ def complete_idle_series(
     candidates = [
         s.id
         for s in ReceivedSeries.select(ReceivedSeries.id).where(
-            (ReceivedSeries.state == SERIES_RECEIVING)
-            & (ReceivedSeries.idle_since <= cutoff)
+            (ReceivedSeries.state == SERIES_RECEIVING) & (ReceivedSeries.idle_since <= cutoff)
         )
     ]
     done = []
     for series_id in candidates:
         with write_transaction():
             series = ReceivedSeries.get_or_none(ReceivedSeries.id == series_id)
-            if (
-                series is None
-                or series.state != SERIES_RECEIVING
-                or series.idle_since > cutoff
-            ):
+            if series is None or series.state != SERIES_RECEIVING or series.idle_since > cutoff:
                 continue  # something arrived meanwhile
             _complete(series, COMPLETED_BY_IDLE, segment_classes, now)
             done.append(series_id)
@@ -127,10 +120,7 @@ def resume_timers(now: float) -> int:
     with write_transaction():
         count: int = (
             ReceivedSeries.update(idle_since=now)
-            .where(
-                (ReceivedSeries.state == SERIES_RECEIVING)
-                & (ReceivedSeries.idle_since < now)
-            )
+            .where((ReceivedSeries.state == SERIES_RECEIVING) & (ReceivedSeries.idle_since < now))
             .execute()
         )
     if count:
@@ -144,9 +134,7 @@ def _announcements(series_id: int) -> list[tuple[str, int | None, int | None]]:
         ReceivedInstance.acquisition_number,
         ReceivedInstance.images_in_acquisition,
     ).where(ReceivedInstance.series == series_id)
-    return [
-        (r.sop_class_uid, r.acquisition_number, r.images_in_acquisition) for r in query
-    ]
+    return [(r.sop_class_uid, r.acquisition_number, r.images_in_acquisition) for r in query]
 
 
 def _is_segmented(series_id: int, segment_classes: Sequence[str]) -> bool:
@@ -161,9 +149,9 @@ def _complete(
     series: ReceivedSeries, how: str, segment_classes: Sequence[str], now: float
 ) -> Job | None:
     """Inside a write transaction: mark complete and queue a job when the class is segmented."""
-    ReceivedSeries.update(
-        state=SERIES_COMPLETE, completed_at=now, completed_by=how
-    ).where(ReceivedSeries.id == series.id).execute()
+    ReceivedSeries.update(state=SERIES_COMPLETE, completed_at=now, completed_by=how).where(
+        ReceivedSeries.id == series.id
+    ).execute()
     job = None
     if _is_segmented(series.id, segment_classes):
         job = Job.create(
@@ -206,13 +194,9 @@ class CompletionDetector(threading.Thread):
             while not self._stop_event.wait(self.interval):
                 try:
                     open_thread_connection()
-                    complete_idle_series(
-                        time.time(), self.idle_seconds, self.segment_classes
-                    )
+                    complete_idle_series(time.time(), self.idle_seconds, self.segment_classes)
                 except Exception:  # keep the timer alive whatever one round hit
-                    LOGGER.exception(
-                        "completion check failed; retrying in %.1f s", self.interval
-                    )
+                    LOGGER.exception("completion check failed; retrying in %.1f s", self.interval)
         finally:
             close_thread_connection()
 

@@ -30,9 +30,9 @@ from typing import Any
 import peewee
 from pydicom.dataset import Dataset
 
-from config.errors import StorageError
 from common.types import Lesion as MeasuredLesion
 from common.types import ModelProvenance
+from config.errors import StorageError
 from storage.db import BaseModel
 from storage.models import write_transaction
 
@@ -106,9 +106,7 @@ class SegmentationRun(BaseModel):
 
 class Lesion(BaseModel):
     id = peewee.AutoField()
-    run = peewee.ForeignKeyField(
-        SegmentationRun, backref="lesions", on_delete="CASCADE"
-    )
+    run = peewee.ForeignKeyField(SegmentationRun, backref="lesions", on_delete="CASCADE")
     roi_number = peewee.IntegerField()  # "Lesion n" of the RT-Struct / SEG segment n
     voxel_count = peewee.IntegerField()
     volume_mm3 = peewee.FloatField()
@@ -120,9 +118,7 @@ class Lesion(BaseModel):
     centroid_x_mm = peewee.FloatField()  # LPS
     centroid_y_mm = peewee.FloatField()
     centroid_z_mm = peewee.FloatField()
-    tracking_uid = peewee.CharField(
-        max_length=64, null=True, index=True
-    )  # for tracking, later
+    tracking_uid = peewee.CharField(max_length=64, null=True, index=True)  # for tracking, later
 
     class Meta:
         table_name = "followup_lesion"
@@ -133,9 +129,7 @@ class Lesion(BaseModel):
             "roi_number": self.roi_number,
             "name": f"Lesion {self.roi_number}",
             "volume_mm3": round(float(self.volume_mm3), 2),
-            "longest_axial_diameter_mm": round(
-                float(self.longest_axial_diameter_mm), 2
-            ),
+            "longest_axial_diameter_mm": round(float(self.longest_axial_diameter_mm), 2),
             "perpendicular_axial_diameter_mm": round(
                 float(self.perpendicular_axial_diameter_mm), 2
             ),
@@ -170,16 +164,12 @@ def record_run(
             run = _run(series, provenance)
             run.job_id = job_id
             run.device, run.precision = provenance.device, provenance.precision
-            run.stage_timings = json.dumps(
-                {k: round(v, 4) for k, v in (timings or {}).items()}
-            )
+            run.stage_timings = json.dumps({k: round(v, 4) for k, v in (timings or {}).items()})
             run.status, run.reason, run.notes = status, reason, "; ".join(notes or [])
             run.lesion_count, run.updated_at = len(lesions), time.time()
             run.save()
             Lesion.delete().where(Lesion.run == run).execute()
-            ranked = sorted(
-                lesions, key=lambda lesion: (-lesion.volume_mm3, lesion.number)
-            )
+            ranked = sorted(lesions, key=lambda lesion: (-lesion.volume_mm3, lesion.number))
             for rank, lesion in enumerate(ranked, start=1):
                 _lesion_row(run, rank, lesion).save()
     except peewee.PeeweeException as exc:
@@ -233,13 +223,19 @@ def _run(series: Series, provenance: ModelProvenance) -> SegmentationRun:
 def _lesion_row(run: SegmentationRun, rank: int, lesion: MeasuredLesion) -> Lesion:
     x, y, z = lesion.centroid_lps_mm
     return Lesion(
-        run=run, roi_number=rank, voxel_count=lesion.voxel_count, volume_mm3=lesion.volume_mm3,
+        run=run,
+        roi_number=rank,
+        voxel_count=lesion.voxel_count,
+        volume_mm3=lesion.volume_mm3,
         longest_axial_diameter_mm=lesion.longest_axial_diameter_mm,
         perpendicular_axial_diameter_mm=lesion.perpendicular_axial_diameter_mm,
         longest_3d_diameter_mm=lesion.longest_3d_diameter_mm,
-        first_slice=lesion.first_slice, last_slice=lesion.last_slice,
-        centroid_x_mm=x, centroid_y_mm=y, centroid_z_mm=z,
-    )  # fmt: skip
+        first_slice=lesion.first_slice,
+        last_slice=lesion.last_slice,
+        centroid_x_mm=x,
+        centroid_y_mm=y,
+        centroid_z_mm=z,
+    )
 
 
 def patient_report(patient_id: str) -> dict[str, Any] | None:
@@ -249,9 +245,7 @@ def patient_report(patient_id: str) -> dict[str, Any] | None:
         return None
     studies = []
     for study in (
-        Study.select()
-        .where(Study.patient == patient)
-        .order_by(Study.study_date, Study.id)
+        Study.select().where(Study.patient == patient).order_by(Study.study_date, Study.id)
     ):
         series_list = []
         for series in Series.select().where(Series.study == study).order_by(Series.id):
@@ -261,18 +255,22 @@ def patient_report(patient_id: str) -> dict[str, Any] | None:
                 .where(SegmentationRun.series == series)
                 .order_by(SegmentationRun.updated_at)
             ]
-            series_list.append({
-                "series_instance_uid": series.series_instance_uid,
-                "series_description": series.series_description,
-                "frame_of_reference_uid": series.frame_of_reference_uid,
-                "runs": runs,
-            })  # fmt: skip
-        studies.append({
-            "study_instance_uid": study.study_instance_uid,
-            "study_date": study.study_date,
-            "accession_number": study.accession_number,
-            "series": series_list,
-        })  # fmt: skip
+            series_list.append(
+                {
+                    "series_instance_uid": series.series_instance_uid,
+                    "series_description": series.series_description,
+                    "frame_of_reference_uid": series.frame_of_reference_uid,
+                    "runs": runs,
+                }
+            )
+        studies.append(
+            {
+                "study_instance_uid": study.study_instance_uid,
+                "study_date": study.study_date,
+                "accession_number": study.accession_number,
+                "series": series_list,
+            }
+        )
     return {
         "patient": {
             "patient_id": patient.patient_id,
@@ -298,8 +296,6 @@ def _run_dict(run: SegmentationRun) -> dict[str, Any]:
         "stage_timings": run.timings,
         "lesions": [
             lesion.as_dict()
-            for lesion in Lesion.select()
-            .where(Lesion.run == run)
-            .order_by(Lesion.roi_number)
+            for lesion in Lesion.select().where(Lesion.run == run).order_by(Lesion.roi_number)
         ],
     }

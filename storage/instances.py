@@ -143,9 +143,7 @@ class RecordOutcome:
 
 
 def find_instance(sop_instance_uid: str) -> ReceivedInstance | None:
-    return ReceivedInstance.get_or_none(
-        ReceivedInstance.sop_instance_uid == sop_instance_uid
-    )
+    return ReceivedInstance.get_or_none(ReceivedInstance.sop_instance_uid == sop_instance_uid)
 
 
 def is_stored(sop_instance_uid: str) -> bool:
@@ -171,9 +169,7 @@ def record_instance(
     """
     try:
         with write_transaction():
-            series_id, reopened = _count_in_series(
-                header, calling_ae_title, now, series_ids
-            )
+            series_id, reopened = _count_in_series(header, calling_ae_title, now, series_ids)
             ReceivedInstance.insert(
                 sop_instance_uid=header.sop_instance_uid,
                 sop_class_uid=header.sop_class_uid,
@@ -191,9 +187,7 @@ def record_instance(
     except peewee.IntegrityError as exc:  # rolled back: stored meanwhile, or worse
         duplicate = record_duplicate(header, now)
         if duplicate is None:
-            raise StorageError(
-                f"cannot index {header.sop_instance_uid}: {exc}"
-            ) from exc
+            raise StorageError(f"cannot index {header.sop_instance_uid}: {exc}") from exc
         return duplicate
     if series_ids is not None:
         series_ids[header.series_instance_uid] = series_id
@@ -209,14 +203,10 @@ def record_duplicate(header: InstanceHeader, now: float) -> RecordOutcome | None
             return None
         series: ReceivedSeries = existing.series
         if series.series_instance_uid != header.series_instance_uid:
-            detail = (
-                f"SOPInstanceUID already stored in series {series.series_instance_uid}"
-            )
+            detail = f"SOPInstanceUID already stored in series {series.series_instance_uid}"
             return RecordOutcome(CONFLICT, series.id, detail=detail)
         if series.state == SERIES_RECEIVING:  # the sender is still at work
-            ReceivedSeries.update(idle_since=now).where(
-                ReceivedSeries.id == series.id
-            ).execute()
+            ReceivedSeries.update(idle_since=now).where(ReceivedSeries.id == series.id).execute()
         return RecordOutcome(DUPLICATE, series.id)
 
 

@@ -47,9 +47,7 @@ class JobContext:
     series_instance_uid: str
     study_instance_uid: str
     calling_ae_title: str  # the AE that sent the series (for "reply to the sender")
-    instance_paths: tuple[
-        Path, ...
-    ]  # every stored instance of the series, durable files
+    instance_paths: tuple[Path, ...]  # every stored instance of the series, durable files
     config: NodeConfig
     work_dir: Path  # data_dir/jobs/<job_id>/, created for this job
 
@@ -119,9 +117,7 @@ def finish(job_id: int, succeeded: bool, reason: str | None = None) -> bool:
     return count == 1
 
 
-def requeue_interrupted(
-    max_attempts: int, worker_pid: int | None = None
-) -> tuple[int, int]:
+def requeue_interrupted(max_attempts: int, worker_pid: int | None = None) -> tuple[int, int]:
     """Running jobs (all, or those of one dead worker) back to queued; returns (requeued, failed).
 
     A job already claimed ``max_attempts`` times is failed instead.

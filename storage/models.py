@@ -45,14 +45,10 @@ class ReceivedSeries(BaseModel):
     study_instance_uid = peewee.CharField(max_length=64)
     modality = peewee.CharField(max_length=16, default="")
     sop_class_uid = peewee.CharField(max_length=64)  # of the first instance received
-    calling_ae_title = peewee.CharField(
-        max_length=16, default=""
-    )  # of the latest instance
+    calling_ae_title = peewee.CharField(max_length=16, default="")  # of the latest instance
     state = peewee.CharField(max_length=16, default=SERIES_RECEIVING, index=True)
     instance_count = peewee.IntegerField(default=0)
-    expected_count = peewee.IntegerField(
-        null=True
-    )  # announced by the instances, if they do
+    expected_count = peewee.IntegerField(null=True)  # announced by the instances, if they do
     first_received_at = peewee.FloatField()
     last_received_at = peewee.FloatField()
     idle_since = peewee.FloatField(index=True)  # idle timer start; reset on restart
@@ -71,9 +67,7 @@ class ReceivedInstance(BaseModel):
 
     sop_instance_uid = peewee.CharField(max_length=64, unique=True)
     sop_class_uid = peewee.CharField(max_length=64)
-    series = peewee.ForeignKeyField(
-        ReceivedSeries, backref="instances", on_delete="CASCADE"
-    )
+    series = peewee.ForeignKeyField(ReceivedSeries, backref="instances", on_delete="CASCADE")
     transfer_syntax_uid = peewee.CharField(max_length=64)
     path = peewee.CharField(max_length=255)  # relative to data_dir
     size = peewee.IntegerField()

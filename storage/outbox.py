@@ -70,9 +70,7 @@ class Delivery(BaseModel):
     sop_class_uid = peewee.CharField(max_length=64)
     sop_instance_uid = peewee.CharField(max_length=64)
     study_instance_uid = peewee.CharField(max_length=64)
-    series_instance_uid = peewee.CharField(
-        max_length=64, index=True
-    )  # of the result object
+    series_instance_uid = peewee.CharField(max_length=64, index=True)  # of the result object
     source_series_instance_uid = peewee.CharField(max_length=64, default="")
     destination_ae_title = peewee.CharField(max_length=16)
     destination_host = peewee.CharField(max_length=255)
@@ -133,14 +131,10 @@ def resolve_targets(config: NodeConfig, calling_ae_title: str) -> list[Target]:
                     calling_ae_title,
                 )
                 continue
-            targets.append(
-                Target(peer.ae_title, peer.host, peer.port, "reply_to_sender")
-            )
+            targets.append(Target(peer.ae_title, peer.host, peer.port, "reply_to_sender"))
         else:
             assert destination.ae_title and destination.host and destination.port
-            targets.append(
-                Target(destination.ae_title, destination.host, destination.port)
-            )
+            targets.append(Target(destination.ae_title, destination.host, destination.port))
     unique = list(dict.fromkeys(targets))
     if not unique:
         raise DeliveryError(
@@ -166,16 +160,21 @@ def enqueue(
         for target in targets:
             rows.append(
                 Delivery(
-                    job_id=job_id, kind=kind, path=str(path),
-                    sop_class_uid=header.SOPClassUID, sop_instance_uid=header.SOPInstanceUID,
+                    job_id=job_id,
+                    kind=kind,
+                    path=str(path),
+                    sop_class_uid=header.SOPClassUID,
+                    sop_instance_uid=header.SOPInstanceUID,
                     study_instance_uid=header.StudyInstanceUID,
                     series_instance_uid=header.SeriesInstanceUID,
                     source_series_instance_uid=source_series_instance_uid,
-                    destination_ae_title=target.ae_title, destination_host=target.host,
-                    destination_port=target.port, destination_reason=target.reason,
+                    destination_ae_title=target.ae_title,
+                    destination_host=target.host,
+                    destination_port=target.port,
+                    destination_reason=target.reason,
                     next_at=time.time(),
                 )
-            )  # fmt: skip
+            )
     try:
         with write_transaction():
             for row in rows:
@@ -260,9 +259,7 @@ def _transition(delivery: Delivery, state: str, **fields: object) -> None:
         .execute()
     )
     if updated != 1:
-        raise StorageError(
-            f"delivery {delivery.id} was not in flight; cannot mark it {state}"
-        )
+        raise StorageError(f"delivery {delivery.id} was not in flight; cannot mark it {state}")
     for name, value in {"state": state, **fields}.items():
         setattr(delivery, name, value)
 
@@ -295,9 +292,9 @@ def recover_in_flight(now: float | None = None) -> int:
 def retry_dead(ids: Iterable[int] | None = None, now: float | None = None) -> int:
     """``ai-node retry``: dead deliveries (all, or the given ids) start again from attempt 0."""
     now = time.time() if now is None else now
-    query = Delivery.update(
-        state=PENDING, attempts=0, next_at=now, updated_at=now
-    ).where(Delivery.state == DEAD)
+    query = Delivery.update(state=PENDING, attempts=0, next_at=now, updated_at=now).where(
+        Delivery.state == DEAD
+    )
     if ids is not None:
         query = query.where(Delivery.id.in_(list(ids)))
     return int(query.execute())

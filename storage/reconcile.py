@@ -44,9 +44,7 @@ def reconcile(store: InstanceStore) -> int:
             "reconciliation: indexed %d stored instance(s) missing from the database",
             added,
         )
-    LOGGER.info(
-        "reconciliation of %s took %.2f s", store.root, time.monotonic() - started
-    )
+    LOGGER.info("reconciliation of %s took %.2f s", store.root, time.monotonic() - started)
     return added
 
 

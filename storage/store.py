@@ -40,9 +40,7 @@ def validate_uid(value: object, keyword: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidUIDError(f"{keyword} is missing")
     if len(value) > MAX_UID_LENGTH:
-        raise InvalidUIDError(
-            f"{keyword} {value[:80]!r}... is longer than {MAX_UID_LENGTH}"
-        )
+        raise InvalidUIDError(f"{keyword} {value[:80]!r}... is longer than {MAX_UID_LENGTH}")
     if not _UID_RE.fullmatch(value):
         raise InvalidUIDError(f"{keyword} {value[:80]!r} is not a valid UID")
     return value
@@ -73,9 +71,7 @@ class InstanceStore:
         try:
             free = shutil.disk_usage(self.root).free
         except OSError as exc:
-            raise StorageError(
-                f"cannot read free space of {self.root}: {exc.strerror}"
-            ) from exc
+            raise StorageError(f"cannot read free space of {self.root}: {exc.strerror}") from exc
         if free - incoming_bytes < self.min_free_bytes:
             raise StorageError(
                 f"disk nearly full: {free // (1024 * 1024)} MiB free, "
@@ -89,9 +85,7 @@ class InstanceStore:
             self._ensure_dir(final.parent)
             write_durably(final, data)
         except OSError as exc:
-            raise StorageError(
-                f"cannot store {relative.name}: {exc.strerror or exc}"
-            ) from exc
+            raise StorageError(f"cannot store {relative.name}: {exc.strerror or exc}") from exc
         return final
 
     def exists(self, relative: Path) -> bool:

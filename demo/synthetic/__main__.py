@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-plane-mm", type=float, default=1.0)
     parser.add_argument("--slice-mm", type=float, default=2.0)
     parser.add_argument("--reverse-order", action="store_true")
-    parser.add_argument("--enhanced", action="store_true", help="one multi-frame Enhanced MR instance")
+    parser.add_argument(
+        "--enhanced", action="store_true", help="one multi-frame Enhanced MR instance"
+    )
     parser.add_argument(
         "--transfer-syntax", choices=sorted(TRANSFER_SYNTAXES), default="ExplicitVRLittleEndian"
     )

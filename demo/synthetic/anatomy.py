@@ -59,7 +59,6 @@ class Template:
         ).astype(np.float32)
 
 
-
 @lru_cache(maxsize=1)
 def load_template() -> Template:
     """Load the MNI152 1 mm template (cached per process) and add the head layers."""

@@ -82,7 +82,9 @@ def random_phantom(
     """A random head pose, lesions and appearance."""
     template = load_template()
     angles = tuple(np.radians(rng.uniform(-max_angle_deg, max_angle_deg, 3)))
-    pose = pose_matrix(angles, float(rng.uniform(*scale_range)), tuple(rng.uniform(-shift_mm, shift_mm, 3)))  # type: ignore[arg-type]
+    pose = pose_matrix(
+        angles, float(rng.uniform(*scale_range)), tuple(rng.uniform(-shift_mm, shift_mm, 3))
+    )  # type: ignore[arg-type]
     count = int(rng.integers(n_lesions[0], n_lesions[1] + 1))
     lesions = place_metastases(rng, template, count, diameter_range)
     return Phantom(pose, tuple(lesions), random_appearance(rng))
@@ -134,7 +136,11 @@ def _ijk(shape: tuple[int, int, int], ks: np.ndarray) -> np.ndarray:
 
 
 def _draw(
-    phantom: Phantom, template: Template, affine: np.ndarray, shape: tuple[int, int, int], ks: np.ndarray
+    phantom: Phantom,
+    template: Template,
+    affine: np.ndarray,
+    shape: tuple[int, int, int],
+    ks: np.ndarray,
 ) -> np.ndarray:
     points = grid_points(affine, _ijk(shape, ks))
     q = points @ phantom.pose[:3, :3].T + phantom.pose[:3, 3]
@@ -142,7 +148,9 @@ def _draw(
     value = np.clip(template.sample("t1", q), 0.0, None) ** look.gamma
     white = WHITE_MATTER**look.gamma
     for lesion in phantom.lesions:
-        near = np.flatnonzero(np.linalg.norm(q - np.asarray(lesion.centre), axis=1) < lesion.reach_mm)
+        near = np.flatnonzero(
+            np.linalg.norm(q - np.asarray(lesion.centre), axis=1) < lesion.reach_mm
+        )
         if near.size:
             sub = value[near]
             lesion.apply(sub, q[near], white, template.sample("brain", q[near]))
@@ -159,6 +167,8 @@ def _labels(
         points = grid_points(affine, _ijk(shape, ks))
         q = points @ phantom.pose[:3, :3].T + phantom.pose[:3, 3]
         for number, lesion in enumerate(phantom.lesions, start=1):
-            near = np.flatnonzero(np.linalg.norm(q - np.asarray(lesion.centre), axis=1) < lesion.max_radius_mm + 1)
+            near = np.flatnonzero(
+                np.linalg.norm(q - np.asarray(lesion.centre), axis=1) < lesion.max_radius_mm + 1
+            )
             out[near[lesion.inside(q[near])]] = number
     return out.reshape(shape[0], shape[1], len(ks))

@@ -52,7 +52,9 @@ class CaseSpec:
     n_lesions: tuple[int, int] = (1, 5)
     diameter_range: tuple[float, float] = (3.0, 30.0)
     fov_scale: float = 1.0  # shrink the field of view for quick tests
-    fov_mm: tuple[float, float, float] | None = None  # (columns, rows, through-plane); default per orientation
+    fov_mm: tuple[float, float, float] | None = (
+        None  # (columns, rows, through-plane); default per orientation
+    )
     centre_on_lesions: bool = False  # centre the field of view on the lesions, not the head
     patient_id: str = "SYNTH0001"
 
@@ -67,9 +69,13 @@ class CaseTruth:
     phantom: Phantom
 
 
-def case_geometry(spec: CaseSpec, centre_lps: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+def case_geometry(
+    spec: CaseSpec, centre_lps: np.ndarray
+) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The series' affine and shape for the spec, centred on a point."""
-    row, col = oblique_cosines() if spec.orientation == "oblique" else ORIENTATIONS[spec.orientation]
+    row, col = (
+        oblique_cosines() if spec.orientation == "oblique" else ORIENTATIONS[spec.orientation]
+    )
     spacing = (spec.in_plane_mm, spec.in_plane_mm, spec.slice_mm)
     fov = np.array(spec.fov_mm or FOV_MM[spec.orientation]) * spec.fov_scale
     shape = tuple(max(3, round(float(f) / s)) for f, s in zip(fov, spacing))
@@ -83,23 +89,37 @@ def write_case(out_dir: Path, spec: CaseSpec, phantom: Phantom | None = None) ->
     rng = np.random.default_rng(spec.seed)
     if phantom is None:
         phantom = random_phantom(rng, spec.n_lesions, spec.diameter_range)
-    centre = phantom.lesion_centres_lps().mean(0) if spec.centre_on_lesions else phantom.head_centre_lps()
+    centre = (
+        phantom.lesion_centres_lps().mean(0)
+        if spec.centre_on_lesions
+        else phantom.head_centre_lps()
+    )
     affine, shape = case_geometry(spec, centre)
     image, labels = render(phantom, affine, shape, rng)
     out_dir = Path(out_dir)
     series = SeriesSpec(
-        patient_id=spec.patient_id, transfer_syntax=spec.transfer_syntax, enhanced=spec.enhanced,
-        reverse_order=spec.reverse_order, series_description=f"T1 post {spec.orientation} (synthetic)",
+        patient_id=spec.patient_id,
+        transfer_syntax=spec.transfer_syntax,
+        enhanced=spec.enhanced,
+        reverse_order=spec.reverse_order,
+        series_description=f"T1 post {spec.orientation} (synthetic)",
     )
     paths = write_series(out_dir / "dicom", np.clip(image, 0, 65535), affine, series)
     nib.save(nib.Nifti1Image(labels, LPS_TO_RAS @ affine), str(out_dir / "truth_mask.nii.gz"))
     lesions = _lesion_truth(phantom, labels, affine)
-    (out_dir / "truth.json").write_text(json.dumps({
-        "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()},
-        "shape": list(shape),
-        "affine_lps": np.round(affine, 6).tolist(),
-        "lesions": lesions,
-    }, indent=1))
+    (out_dir / "truth.json").write_text(
+        json.dumps(
+            {
+                "spec": {
+                    k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()
+                },
+                "shape": list(shape),
+                "affine_lps": np.round(affine, 6).tolist(),
+                "lesions": lesions,
+            },
+            indent=1,
+        )
+    )
     return CaseTruth(out_dir, paths, affine, labels, lesions, phantom)
 
 
@@ -108,15 +128,17 @@ def _lesion_truth(phantom: Phantom, labels: np.ndarray, affine: np.ndarray) -> l
     centres = phantom.lesion_centres_lps()
     out = []
     for number, (lesion, centre) in enumerate(zip(phantom.lesions, centres), start=1):
-        out.append({
-            "number": number,
-            "centre_lps_mm": [round(float(c), 3) for c in centre],
-            "diameter_mm": round(2 * lesion.radius_mm / phantom.scale, 2),
-            "kind": lesion.kind,
-            "irregular": bool(lesion.shape_terms),
-            "contrast": round(lesion.contrast, 3),
-            "oedema": lesion.oedema_extent > 1.0,
-            "voxels_on_grid": int((labels == number).sum()),
-            "volume_mm3_on_grid": round(int((labels == number).sum()) * voxel_mm3, 2),
-        })
+        out.append(
+            {
+                "number": number,
+                "centre_lps_mm": [round(float(c), 3) for c in centre],
+                "diameter_mm": round(2 * lesion.radius_mm / phantom.scale, 2),
+                "kind": lesion.kind,
+                "irregular": bool(lesion.shape_terms),
+                "contrast": round(lesion.contrast, 3),
+                "oedema": lesion.oedema_extent > 1.0,
+                "voxels_on_grid": int((labels == number).sum()),
+                "volume_mm3_on_grid": round(int((labels == number).sum()) * voxel_mm3, 2),
+            }
+        )
     return out

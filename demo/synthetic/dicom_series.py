@@ -311,7 +311,9 @@ def _frame_bytes(plane_rc: np.ndarray, ds: Dataset) -> bytes:
     dtype = np.uint8 if ds.BitsAllocated == 8 else np.uint16
     if dtype is np.uint8 and plane_rc.max() > 255:
         plane_rc = plane_rc * (255.0 / max(float(plane_rc.max()), 1.0))
-    return np.ascontiguousarray(plane_rc.astype(dtype)).astype("<" + np.dtype(dtype).str[1:]).tobytes()
+    return (
+        np.ascontiguousarray(plane_rc.astype(dtype)).astype("<" + np.dtype(dtype).str[1:]).tobytes()
+    )
 
 
 def _save(ds: Dataset, path: Path, transfer_syntax: str) -> None:
@@ -339,4 +341,3 @@ def _dcmtk_compress(path: Path, option: str) -> None:
         target.replace(path)
     finally:
         target.unlink(missing_ok=True)
-

@@ -42,7 +42,9 @@ def model_grid(centre_lps: np.ndarray, size: int, spacing: float) -> np.ndarray:
     return affine
 
 
-def percentile_range(phantom: Phantom, rng: np.random.Generator, settings: CropSettings) -> tuple[float, float]:
+def percentile_range(
+    phantom: Phantom, rng: np.random.Generator, settings: CropSettings
+) -> tuple[float, float]:
     """Intensity percentiles of a whole field of view, drawn coarsely (as the pipeline sees it)."""
     margin = rng.uniform(10.0, 40.0, 3)
     extent = np.array([150.0, 185.0, 150.0]) + 2 * margin
@@ -60,7 +62,9 @@ def acquisition_grid(
 ) -> tuple[np.ndarray, tuple[int, int, int]]:
     """A scanner-like grid covering the crop: 0.5-1.5 mm in plane, 1-5 mm slices on a random axis."""
     in_plane = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else 1.0
-    thickness = float(rng.choice([1.0, 1.5, 2.0, 3.0, 4.0, 5.0])) if rng.random() < 0.7 else in_plane
+    thickness = (
+        float(rng.choice([1.0, 1.5, 2.0, 3.0, 4.0, 5.0])) if rng.random() < 0.7 else in_plane
+    )
     spacing = np.full(3, in_plane)
     spacing[int(rng.integers(3))] = thickness
     extent = size * float(np.linalg.norm(target[:3, 0])) + 2 * ACQ_MARGIN_MM
@@ -84,7 +88,9 @@ def draw_crop(
     mapping = np.linalg.inv(acq_affine) @ target
     idx = np.indices((settings.size,) * 3).reshape(3, -1).astype(np.float64)
     coords = mapping[:3, :3] @ idx + mapping[:3, 3:4]
-    image = ndimage.map_coordinates(acquired, coords, order=1, mode="nearest").reshape((settings.size,) * 3)
+    image = ndimage.map_coordinates(acquired, coords, order=1, mode="nearest").reshape(
+        (settings.size,) * 3
+    )
     _, labels = render(phantom, target, (settings.size,) * 3)
     lo, hi = norm
     image = (image - lo) / max(hi - lo, 1e-6)
@@ -101,11 +107,15 @@ def _crop_centre(phantom: Phantom, rng: np.random.Generator, settings: CropSetti
     return phantom.head_centre_lps() + rng.uniform(-1, 1, 3) * np.array([65.0, 80.0, 60.0])
 
 
-def crop_stream(seed: int, settings: CropSettings = CropSettings()) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def crop_stream(
+    seed: int, settings: CropSettings = CropSettings()
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """An endless stream of training crops from fresh phantoms."""
     rng = np.random.default_rng(seed)
     while True:
-        phantom = random_phantom(rng, n_lesions=(1, 8), max_angle_deg=20.0, scale_range=(0.85, 1.15))
+        phantom = random_phantom(
+            rng, n_lesions=(1, 8), max_angle_deg=20.0, scale_range=(0.85, 1.15)
+        )
         norm = percentile_range(phantom, rng, settings)
         for _ in range(settings.crops_per_phantom):
             yield draw_crop(phantom, rng, settings, norm)

@@ -35,15 +35,24 @@ from pydicom.uid import (
 )
 
 from config.loader import load_config
-from inference.pipeline import Segmenter
 from demo.synthetic.case import CaseSpec, write_case
+from inference.pipeline import Segmenter
 
 LOGGER = logging.getLogger(__name__)
 
 SEED_BASE = 900_000  # training phantoms come from other seeds
 ORIENTATIONS = ("axial", "sagittal", "coronal", "oblique")
 #: (in-plane mm, slice mm) pairs, cycled; fine in-plane grids come with thick slices (as scanners do)
-SPACINGS = ((1.0, 1.0), (0.5, 5.0), (1.2, 2.0), (0.8, 3.0), (1.5, 1.5), (0.9, 4.0), (1.0, 5.0), (1.4, 1.0))
+SPACINGS = (
+    (1.0, 1.0),
+    (0.5, 5.0),
+    (1.2, 2.0),
+    (0.8, 3.0),
+    (1.5, 1.5),
+    (0.9, 4.0),
+    (1.0, 5.0),
+    (1.4, 1.0),
+)
 SYNTAXES = (ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, JPEGLSLossless)
 MIN_DIAMETER_MM = 5.0
 
@@ -64,7 +73,9 @@ def held_out_specs(n: int, seed_base: int = SEED_BASE) -> list[CaseSpec]:
     ]
 
 
-def ensure_case(root: Path, index: int, spec: CaseSpec) -> tuple[list[Path], np.ndarray, list[dict]]:
+def ensure_case(
+    root: Path, index: int, spec: CaseSpec
+) -> tuple[list[Path], np.ndarray, list[dict]]:
     """Write the case unless it is already there; return its files, true labels and lesions."""
     import nibabel as nib
 
@@ -76,7 +87,9 @@ def ensure_case(root: Path, index: int, spec: CaseSpec) -> tuple[list[Path], np.
     return sorted((folder / "dicom").glob("*.dcm")), labels, truth["lesions"]
 
 
-def score_case(predicted: np.ndarray, truth: np.ndarray, lesions: list[dict], voxel_mm3: float = 1.0) -> dict:
+def score_case(
+    predicted: np.ndarray, truth: np.ndarray, lesions: list[dict], voxel_mm3: float = 1.0
+) -> dict:
     """Lesion-wise comparison of predicted and true label maps on the same grid."""
     rows = []
     for lesion in lesions:
@@ -87,23 +100,38 @@ def score_case(predicted: np.ndarray, truth: np.ndarray, lesions: list[dict], vo
         hits = hits[hits > 0]
         union = np.isin(predicted, hits) if hits.size else np.zeros_like(inside)
         dice = 2.0 * (inside & union).sum() / (inside.sum() + union.sum())
-        rows.append({"diameter_mm": lesion["diameter_mm"], "kind": lesion["kind"], "detected": bool(hits.size),
-                     "dice": float(dice), "contrast": lesion["contrast"]})
-    false_positives = [int(n) for n in np.unique(predicted) if n and not truth[predicted == n].any()]
+        rows.append(
+            {
+                "diameter_mm": lesion["diameter_mm"],
+                "kind": lesion["kind"],
+                "detected": bool(hits.size),
+                "dice": float(dice),
+                "contrast": lesion["contrast"],
+            }
+        )
+    false_positives = [
+        int(n) for n in np.unique(predicted) if n and not truth[predicted == n].any()
+    ]
     sizes = [round(float((predicted == n).sum() * voxel_mm3), 1) for n in false_positives]
     return {"lesions": rows, "false_positives": len(false_positives), "false_positive_mm3": sizes}
 
 
 def summarise(cases: list[dict]) -> dict:
-    big = [row for case in cases for row in case["lesions"] if row["diameter_mm"] >= MIN_DIAMETER_MM]
-    small = [row for case in cases for row in case["lesions"] if row["diameter_mm"] < MIN_DIAMETER_MM]
+    big = [
+        row for case in cases for row in case["lesions"] if row["diameter_mm"] >= MIN_DIAMETER_MM
+    ]
+    small = [
+        row for case in cases for row in case["lesions"] if row["diameter_mm"] < MIN_DIAMETER_MM
+    ]
     return {
         "series": len(cases),
         "lesions_ge_5mm": len(big),
         "sensitivity_ge_5mm": float(np.mean([r["detected"] for r in big])) if big else None,
         "false_positives_per_series": float(np.mean([c["false_positives"] for c in cases])),
         "mean_lesion_dice_ge_5mm": float(np.mean([r["dice"] for r in big])) if big else None,
-        "mean_lesion_dice_detected_ge_5mm": float(np.mean([r["dice"] for r in big if r["detected"]] or [0.0])),
+        "mean_lesion_dice_detected_ge_5mm": float(
+            np.mean([r["dice"] for r in big if r["detected"]] or [0.0])
+        ),
         "lesions_lt_5mm": len(small),
         "sensitivity_lt_5mm": float(np.mean([r["detected"] for r in small])) if small else None,
         "seconds_per_series": float(np.mean([c["seconds"] for c in cases])),
@@ -111,12 +139,18 @@ def summarise(cases: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Evaluate the configured model on generated held-out series")
+    parser = argparse.ArgumentParser(
+        description="Evaluate the configured model on generated held-out series"
+    )
     parser.add_argument("--config", type=Path, default=Path("ae_config.yaml"))
     parser.add_argument("--cases", type=Path, default=Path("/tmp/ainode_heldout"))
     parser.add_argument("--n", type=int, default=30)
-    parser.add_argument("--seed-base", type=int, default=SEED_BASE,
-                        help="first phantom seed (another base gives a validation set for model selection)")
+    parser.add_argument(
+        "--seed-base",
+        type=int,
+        default=SEED_BASE,
+        help="first phantom seed (another base gives a validation set for model selection)",
+    )
     parser.add_argument("--generate-only", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -132,18 +166,42 @@ def main(argv: list[str] | None = None) -> int:
         paths, truth, lesions = ensure_case(args.cases, index, spec)
         start = time.perf_counter()
         result = segmenter.segment(paths)
-        case = {"case": index, **{k: v for k, v in asdict(spec).items() if k in ("orientation", "in_plane_mm",
-                "slice_mm", "reverse_order", "transfer_syntax")}, **score_case(result.labels, truth, lesions, float(abs(np.linalg.det(result.volume.affine_lps[:3, :3])))),
-                "seconds": time.perf_counter() - start}
+        case = {
+            "case": index,
+            **{
+                k: v
+                for k, v in asdict(spec).items()
+                if k
+                in ("orientation", "in_plane_mm", "slice_mm", "reverse_order", "transfer_syntax")
+            },
+            **score_case(
+                result.labels,
+                truth,
+                lesions,
+                float(abs(np.linalg.det(result.volume.affine_lps[:3, :3]))),
+            ),
+            "seconds": time.perf_counter() - start,
+        }
         cases.append(case)
-        print(json.dumps({k: v for k, v in case.items() if k != "lesions"}
-                         | {"detected": f"{sum(r['detected'] for r in case['lesions'])}/{len(case['lesions'])}",
-                            "dice": [round(r["dice"], 2) for r in case["lesions"]]}), flush=True)
+        print(
+            json.dumps(
+                {k: v for k, v in case.items() if k != "lesions"}
+                | {
+                    "detected": f"{sum(r['detected'] for r in case['lesions'])}/{len(case['lesions'])}",
+                    "dice": [round(r["dice"], 2) for r in case["lesions"]],
+                }
+            ),
+            flush=True,
+        )
     summary = summarise(cases)
     print(json.dumps(summary, indent=1))
     if args.out:
-        args.out.write_text(json.dumps({"summary": summary, "model": asdict(segmenter.provenance),
-                                        "cases": cases}, indent=1))
+        args.out.write_text(
+            json.dumps(
+                {"summary": summary, "model": asdict(segmenter.provenance), "cases": cases},
+                indent=1,
+            )
+        )
     return 0
 
 

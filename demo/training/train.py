@@ -38,8 +38,8 @@ from monai import transforms as mt
 from monai.losses import DiceCELoss
 
 from config.loader import load_config
-from inference.model import build_unetr
 from demo.training.data import CropSettings, crop_stream
+from inference.model import build_unetr
 
 LOGGER = logging.getLogger(__name__)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -60,7 +60,9 @@ def start_producers(
     seed: int, settings: CropSettings, workers: int = 1, roi: int | None = None
 ) -> mp.Queue:  # type: ignore[type-arg]
     """Crops are drawn in ``workers`` processes; training never waits for one once the pool is full."""
-    context = mp.get_context("spawn")  # the parent may hold a CUDA context, which must not be forked
+    context = mp.get_context(
+        "spawn"
+    )  # the parent may hold a CUDA context, which must not be forked
     queue: mp.Queue = context.Queue(maxsize=8 * workers)  # type: ignore[type-arg]
     # One thread per worker.  On the 16-core GPU host, 14 workers with default thread pools ran 0.7 s per
     # step; with OMP_NUM_THREADS=1 set for the whole run, 0.1 s.
@@ -68,7 +70,9 @@ def start_producers(
     os.environ.update({name: "1" for name in THREAD_VARIABLES})
     try:
         for worker in range(workers):
-            context.Process(target=_produce, args=(seed + 7919 * worker, settings, queue, roi), daemon=True).start()
+            context.Process(
+                target=_produce, args=(seed + 7919 * worker, settings, queue, roi), daemon=True
+            ).start()
     finally:
         for name, value in saved.items():
             if value is None:
@@ -79,7 +83,11 @@ def start_producers(
 
 
 def next_samples(
-    queue: mp.Queue, pool: deque, min_pool: int, take: bool, batch: int = 2  # type: ignore[type-arg]
+    queue: mp.Queue,
+    pool: deque,
+    min_pool: int,
+    take: bool,
+    batch: int = 2,  # type: ignore[type-arg]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Fresh crops when ``take`` (as many as are ready, at most ``batch - 1``; waiting only while the pool
     fills), the rest of the batch replayed from the pool."""
@@ -98,21 +106,38 @@ def next_samples(
 
 def augmentations(roi: int) -> mt.Compose:
     keys = ("image", "label")
-    return mt.Compose([
-        mt.RandAffined(keys, spatial_size=(roi,) * 3, prob=0.6, rotate_range=(0.3,) * 3,
-                       scale_range=(0.12,) * 3, mode=("bilinear", "nearest"), padding_mode="border"),
-        mt.CenterSpatialCropd(keys, (roi,) * 3),
-        mt.Rand3DElasticd(keys, sigma_range=(6, 9), magnitude_range=(40, 120), prob=0.1,
-                          mode=("bilinear", "nearest"), padding_mode="border"),
-        mt.RandFlipd(keys, prob=0.5, spatial_axis=0),
-        mt.RandSimulateLowResolutiond(("image",), prob=0.1, zoom_range=(0.5, 0.9)),
-        mt.RandGaussianSmoothd(("image",), prob=0.1, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.0)),
-        mt.RandBiasFieldd(("image",), prob=0.2, coeff_range=(0.0, 0.15)),
-        mt.RandAdjustContrastd(("image",), prob=0.2, gamma=(0.8, 1.25), retain_stats=True),
-        mt.RandScaleIntensityd(("image",), factors=0.12, prob=0.5),
-        mt.RandShiftIntensityd(("image",), offsets=0.06, prob=0.5),
-        mt.RandGaussianNoised(("image",), prob=0.15, std=0.03),
-    ])
+    return mt.Compose(
+        [
+            mt.RandAffined(
+                keys,
+                spatial_size=(roi,) * 3,
+                prob=0.6,
+                rotate_range=(0.3,) * 3,
+                scale_range=(0.12,) * 3,
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+            ),
+            mt.CenterSpatialCropd(keys, (roi,) * 3),
+            mt.Rand3DElasticd(
+                keys,
+                sigma_range=(6, 9),
+                magnitude_range=(40, 120),
+                prob=0.1,
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+            ),
+            mt.RandFlipd(keys, prob=0.5, spatial_axis=0),
+            mt.RandSimulateLowResolutiond(("image",), prob=0.1, zoom_range=(0.5, 0.9)),
+            mt.RandGaussianSmoothd(
+                ("image",), prob=0.1, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0), sigma_z=(0.3, 1.0)
+            ),
+            mt.RandBiasFieldd(("image",), prob=0.2, coeff_range=(0.0, 0.15)),
+            mt.RandAdjustContrastd(("image",), prob=0.2, gamma=(0.8, 1.25), retain_stats=True),
+            mt.RandScaleIntensityd(("image",), factors=0.12, prob=0.5),
+            mt.RandShiftIntensityd(("image",), offsets=0.06, prob=0.5),
+            mt.RandGaussianNoised(("image",), prob=0.15, std=0.03),
+        ]
+    )
 
 
 def to_batch(
@@ -137,15 +162,17 @@ def lr_at(elapsed: float, budget: float, peak: float) -> float:
     return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0))))
 
 
-def dice_score(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor], autocast: bool) -> float:
+def dice_score(
+    model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor], autocast: bool
+) -> float:
     model.eval()
     images, labels = data
     device = next(model.parameters()).device
     inter = total = 0.0
     with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=autocast):
         for start in range(0, len(images), 2):
-            pred = model(images[start:start + 2].to(device)).float().argmax(1, keepdim=True).cpu()
-            truth = labels[start:start + 2]
+            pred = model(images[start : start + 2].to(device)).float().argmax(1, keepdim=True).cpu()
+            truth = labels[start : start + 2]
             inter += float((pred * truth).sum())
             total += float(pred.sum() + truth.sum())
     model.train()
@@ -168,18 +195,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pool", type=int, default=64)
     parser.add_argument("--fresh-every", type=int, default=2, help="take fresh crops every N steps")
-    parser.add_argument("--batch", type=int, default=2, help="crops per step (fresh ones first, the rest replayed)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="crop-drawing processes; with more than one they also augment (for a GPU host)")
-    parser.add_argument("--val-crops", type=int, default=16, help="fixed validation crops that pick the weights")
+    parser.add_argument(
+        "--batch", type=int, default=2, help="crops per step (fresh ones first, the rest replayed)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="crop-drawing processes; with more than one they also augment (for a GPU host)",
+    )
+    parser.add_argument(
+        "--val-crops", type=int, default=16, help="fixed validation crops that pick the weights"
+    )
     parser.add_argument("--validate-minutes", type=float, default=6.0)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/ainode_train"),
-                        help="where the resumable checkpoint (with optimiser state) goes")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path("/tmp/ainode_train"),
+        help="where the resumable checkpoint (with optimiser state) goes",
+    )
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--init", type=Path, default=None,
-                        help="start from these weights (plain state dict) with a fresh optimiser and schedule")
-    parser.add_argument("--keep-snapshots", action="store_true",
-                        help="also keep the weights of every validation in <work>/snapshots/")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights (plain state dict) with a fresh optimiser and schedule",
+    )
+    parser.add_argument(
+        "--keep-snapshots",
+        action="store_true",
+        help="also keep the weights of every validation in <work>/snapshots/",
+    )
     return parser.parse_args(argv)
 
 
@@ -192,11 +238,16 @@ class Trainer:
         self.roi = config.unetr.img_size[0]
         spacing = float((config.preprocessing.spacing or (1.0, 1.0, 1.0))[0])
         intensity = config.preprocessing.intensity
-        self.settings = CropSettings(size=self.roi + 8, spacing_mm=spacing,
-                                     lower_percentile=intensity.lower_percentile,
-                                     upper_percentile=intensity.upper_percentile)
+        self.settings = CropSettings(
+            size=self.roi + 8,
+            spacing_mm=spacing,
+            lower_percentile=intensity.lower_percentile,
+            upper_percentile=intensity.upper_percentile,
+        )
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.autocast = True  # bf16: AVX512-BF16/AMX on the CPUs this is trained on, tensor cores on a GPU
+        self.autocast = (
+            True  # bf16: AVX512-BF16/AMX on the CPUs this is trained on, tensor cores on a GPU
+        )
         self.model = build_unetr(config.unetr).to(self.device)
         self.optimiser = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=1e-5)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
@@ -205,8 +256,14 @@ class Trainer:
         self.pool: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=args.pool)
         args.out.mkdir(parents=True, exist_ok=True)
         args.work.mkdir(parents=True, exist_ok=True)
-        LOGGER.info("UNETR %d parameters, ROI %d at %.2f mm, device %s, bf16 autocast %s",
-                    sum(p.numel() for p in self.model.parameters()), self.roi, spacing, self.device, self.autocast)
+        LOGGER.info(
+            "UNETR %d parameters, ROI %d at %.2f mm, device %s, bf16 autocast %s",
+            sum(p.numel() for p in self.model.parameters()),
+            self.roi,
+            spacing,
+            self.device,
+            self.autocast,
+        )
 
     def resume(self) -> None:
         path = self.args.work / "checkpoint.pt"
@@ -225,8 +282,10 @@ class Trainer:
     def validation_crops(self) -> tuple[torch.Tensor, torch.Tensor]:
         stream = crop_stream(10_000 + self.args.seed, replace(self.settings, size=self.roi))
         crops = [next(stream) for _ in range(self.args.val_crops)]
-        return (torch.stack([torch.as_tensor(i[None]) for i, _ in crops]),
-                torch.stack([torch.as_tensor(m[None]) for _, m in crops]))
+        return (
+            torch.stack([torch.as_tensor(i[None]) for i, _ in crops]),
+            torch.stack([torch.as_tensor(m[None]) for _, m in crops]),
+        )
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, lr: float) -> None:
         for group in self.optimiser.param_groups:
@@ -241,14 +300,23 @@ class Trainer:
         self.losses.append(float(loss.detach()))
         self.state["step"] += 1
         if self.state["step"] % 50 == 0:
-            LOGGER.info("step %d  %.0f s  loss %.4f  lr %.2e", self.state["step"], self.state["seconds"],
-                        float(np.mean(self.losses[-50:])), lr)
+            LOGGER.info(
+                "step %d  %.0f s  loss %.4f  lr %.2e",
+                self.state["step"],
+                self.state["seconds"],
+                float(np.mean(self.losses[-50:])),
+                lr,
+            )
 
     def run(self) -> None:
         validation = self.validation_crops()
         in_workers = self.args.workers > 1
-        queue = start_producers(self.args.seed + self.state["step"], self.settings, self.args.workers,
-                                self.roi if in_workers else None)
+        queue = start_producers(
+            self.args.seed + self.state["step"],
+            self.settings,
+            self.args.workers,
+            self.roi if in_workers else None,
+        )
         augment = None if in_workers else augmentations(self.roi)
         budget = self.args.minutes * 60.0
         start = time.monotonic() - self.state["seconds"]
@@ -260,8 +328,7 @@ class Trainer:
             self.state["seconds"] = elapsed
             take = self.state["step"] % self.args.fresh_every == 0
             samples = next_samples(queue, self.pool, max(8, self.args.batch), take, self.args.batch)
-            self.step(*to_batch(samples, augment),
-                      lr_at(elapsed, budget, self.args.lr))
+            self.step(*to_batch(samples, augment), lr_at(elapsed, budget, self.args.lr))
             if time.monotonic() >= next_val:
                 next_val = time.monotonic() + self.args.validate_minutes * 60.0
                 self.validate(validation, time.monotonic() - start)
@@ -272,20 +339,39 @@ class Trainer:
         dice = dice_score(self.model, validation, self.autocast)
         state, out = self.state, self.args.out
         state["seconds"] = elapsed
-        state["history"].append({"step": state["step"], "seconds": round(elapsed, 1),
-                                 "loss": float(np.mean(self.losses[-100:])) if self.losses else None,
-                                 "val_dice": dice})
-        LOGGER.info("validation: step %d, %.1f min, crop Dice %.4f (best %.4f)",
-                    state["step"], elapsed / 60, dice, state["best"])
+        state["history"].append(
+            {
+                "step": state["step"],
+                "seconds": round(elapsed, 1),
+                "loss": float(np.mean(self.losses[-100:])) if self.losses else None,
+                "val_dice": dice,
+            }
+        )
+        LOGGER.info(
+            "validation: step %d, %.1f min, crop Dice %.4f (best %.4f)",
+            state["step"],
+            elapsed / 60,
+            dice,
+            state["best"],
+        )
         if self.args.keep_snapshots:
             (self.args.work / "snapshots").mkdir(exist_ok=True)
-            save_atomic(self.model.state_dict(), self.args.work / "snapshots" / f"step{state['step']:06d}.pt")
+            save_atomic(
+                self.model.state_dict(),
+                self.args.work / "snapshots" / f"step{state['step']:06d}.pt",
+            )
         if dice > state["best"]:
             state["best"] = dice
             save_atomic(self.model.state_dict(), out / "weights.pt")
             LOGGER.info("saved best weights to %s", out / "weights.pt")
-        save_atomic({"model": self.model.state_dict(), "optimizer": self.optimiser.state_dict(), "state": state},
-                    self.args.work / "checkpoint.pt")
+        save_atomic(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimiser.state_dict(),
+                "state": state,
+            },
+            self.args.work / "checkpoint.pt",
+        )
         (out / "training_log.json").write_text(json.dumps(state["history"], indent=1))
 
 

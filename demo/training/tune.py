@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from config.loader import load_config
-from inference.lesions import find_lesions
-from inference.pipeline import Segmenter
 from demo.training.evaluate import (
     ensure_case,
     held_out_specs,
     score_case,
     summarise,
 )
+from inference.lesions import find_lesions
+from inference.pipeline import Segmenter
 from inference.volume import load_series
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -57,15 +57,20 @@ def cached_case(segmenter: Segmenter, cache: Path, root: Path, index: int, spec:
         probability, affine = probability_on_source(segmenter, paths)
         np.savez_compressed(path, probability=probability.astype(np.float16), affine=affine)
     data = np.load(path)
-    return {"probability": data["probability"].astype(np.float32), "affine": data["affine"],
-            "truth": truth, "lesions": lesions}
+    return {
+        "probability": data["probability"].astype(np.float32),
+        "affine": data["affine"],
+        "truth": truth,
+        "lesions": lesions,
+    }
 
 
 def score(cases: list[dict], threshold: float, min_mm3: float, min_peak: float) -> dict:
     scored = []
     for case in cases:
-        labels, _ = find_lesions(case["probability"] > threshold, case["affine"], min_mm3,
-                                 case["probability"], min_peak)
+        labels, _ = find_lesions(
+            case["probability"] > threshold, case["affine"], min_mm3, case["probability"], min_peak
+        )
         voxel = float(abs(np.linalg.det(case["affine"][:3, :3])))
         scored.append(score_case(labels, case["truth"], case["lesions"], voxel) | {"seconds": 0.0})
     return summarise(scored)
@@ -78,9 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/ainode_tune"))
     parser.add_argument("--n", type=int, default=12)
     parser.add_argument("--seed-base", type=int, default=800_000)
-    parser.add_argument("--weights", type=Path, default=None, help="other weights than the configured ones")
-    parser.add_argument("--mode", choices=("gaussian", "constant"), default=None,
-                        help="sliding-window blending instead of the configured one")
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="other weights than the configured ones"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("gaussian", "constant"),
+        default=None,
+        help="sliding-window blending instead of the configured one",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the whole table as JSON")
     args = parser.parse_args(argv)
     if args.seed_base == 900_000:
@@ -90,20 +101,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.weights:
         model = model.model_copy(update={"weights": args.weights.resolve()})
     if args.mode:
-        model = model.model_copy(update={"sliding_window": model.sliding_window.model_copy(update={"mode": args.mode})})
+        model = model.model_copy(
+            update={"sliding_window": model.sliding_window.model_copy(update={"mode": args.mode})}
+        )
     segmenter = Segmenter(model)
-    cases = [cached_case(segmenter, args.cache, args.cases, index, spec)
-             for index, spec in enumerate(held_out_specs(args.n, args.seed_base))]
+    cases = [
+        cached_case(segmenter, args.cache, args.cases, index, spec)
+        for index, spec in enumerate(held_out_specs(args.n, args.seed_base))
+    ]
     rows = []
     for threshold, min_mm3, min_peak in itertools.product(THRESHOLDS, MIN_MM3, MIN_PEAK):
         if min_peak and min_peak <= threshold:
             continue
         summary = score(cases, threshold, min_mm3, min_peak)
-        rows.append({"threshold": threshold, "min_lesion_mm3": min_mm3, "min_peak_probability": min_peak,
-                     **{k: summary[k] for k in ("sensitivity_ge_5mm", "false_positives_per_series",
-                                                "mean_lesion_dice_ge_5mm", "sensitivity_lt_5mm")}})
-    rows.sort(key=lambda r: (not (r["sensitivity_ge_5mm"] >= 0.95 and r["false_positives_per_series"] <= 0.5),
-                             -r["mean_lesion_dice_ge_5mm"]))
+        rows.append(
+            {
+                "threshold": threshold,
+                "min_lesion_mm3": min_mm3,
+                "min_peak_probability": min_peak,
+                **{
+                    k: summary[k]
+                    for k in (
+                        "sensitivity_ge_5mm",
+                        "false_positives_per_series",
+                        "mean_lesion_dice_ge_5mm",
+                        "sensitivity_lt_5mm",
+                    )
+                },
+            }
+        )
+    rows.sort(
+        key=lambda r: (
+            not (r["sensitivity_ge_5mm"] >= 0.95 and r["false_positives_per_series"] <= 0.5),
+            -r["mean_lesion_dice_ge_5mm"],
+        )
+    )
     for row in rows:
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
     if args.out:

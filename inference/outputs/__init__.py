@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.errors import NodeError
-
 from inference.outputs.provenance import read_source_headers, save_durably
 from inference.outputs.rtstruct import write_rtstruct
 from inference.outputs.seg import build_seg
@@ -57,14 +56,14 @@ def write_outputs(
     kinds = list(kinds)
     unknown = set(kinds) - set(KINDS)
     if unknown:
-        raise ValueError(
-            f"unknown output kind(s) {sorted(unknown)}; choose from {KINDS}"
-        )
+        raise ValueError(f"unknown output kind(s) {sorted(unknown)}; choose from {KINDS}")
     wanted = [kind for kind in KINDS if kind in set(kinds)]
     out_dir = Path(out_dir)
     written = WrittenOutputs()
     if "rtstruct" in wanted:
-        _attempt(written, "rtstruct", lambda: write_rtstruct(result, out_dir / FILE_NAMES["rtstruct"]))
+        _attempt(
+            written, "rtstruct", lambda: write_rtstruct(result, out_dir / FILE_NAMES["rtstruct"])
+        )
     if "seg" not in wanted and "sr" not in wanted:
         return written
     try:
@@ -74,7 +73,9 @@ def write_outputs(
         for kind in ("seg", "sr"):
             if kind in wanted:
                 written.failed[kind] = _reason(exc)
-        LOGGER.error("SEG/SR of series %s not written: %s", result.volume.series_instance_uid, _reason(exc))
+        LOGGER.error(
+            "SEG/SR of series %s not written: %s", result.volume.series_instance_uid, _reason(exc)
+        )
         return written
     if "seg" in wanted and seg is not None:
         _attempt(written, "seg", lambda: save_durably(seg, out_dir / FILE_NAMES["seg"]))
@@ -82,7 +83,11 @@ def write_outputs(
         written.skipped["seg"] = "no lesion: a SEG needs at least one segment"
         LOGGER.info("no lesion in series %s: no SEG written", result.volume.series_instance_uid)
     if "sr" in wanted:
-        _attempt(written, "sr", lambda: save_durably(build_sr(result, headers, seg), out_dir / FILE_NAMES["sr"]))
+        _attempt(
+            written,
+            "sr",
+            lambda: save_durably(build_sr(result, headers, seg), out_dir / FILE_NAMES["sr"]),
+        )
     return written
 
 

@@ -56,9 +56,7 @@ def lesion_colour(rank: int) -> tuple[int, int, int]:
 
 def lesions_by_size(result: SegmentationResult) -> list[Lesion]:
     """Lesions largest first; their rank (1-based) is the ROI / segment number."""
-    return sorted(
-        result.lesions, key=lambda lesion: (-lesion.volume_mm3, lesion.number)
-    )
+    return sorted(result.lesions, key=lambda lesion: (-lesion.volume_mm3, lesion.number))
 
 
 def software_versions(provenance: ModelProvenance) -> list[str]:
@@ -66,9 +64,7 @@ def software_versions(provenance: ModelProvenance) -> list[str]:
     return [provenance.version[:64], f"weights-sha256:{provenance.weights_sha256[:16]}"]
 
 
-def series_description(
-    provenance: ModelProvenance, kind: str, lesion_count: int
-) -> str:
+def series_description(provenance: ModelProvenance, kind: str, lesion_count: int) -> str:
     """``SeriesDescription`` (64 chars max): kind, model, version, and the no-lesion flag."""
     found = NO_LESION_LABEL if lesion_count == 0 else f"{lesion_count} lesion(s)"
     text = f"AI {kind} {provenance.name} {provenance.version}: {found}"
@@ -80,9 +76,7 @@ def apply_equipment(ds: Dataset, provenance: ModelProvenance) -> None:
     ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName = provenance.name[:64]
     ds.SoftwareVersions = software_versions(provenance)
-    ds.DeviceSerialNumber = (
-        provenance.weights_sha256[:64] or "unknown"
-    )  # the full SHA-256 fits LO
+    ds.DeviceSerialNumber = provenance.weights_sha256[:64] or "unknown"  # the full SHA-256 fits LO
 
 
 def read_source_headers(volume: Volume) -> list[Dataset]:
@@ -103,9 +97,7 @@ def read_source_headers(volume: Volume) -> list[Dataset]:
 
 def slice_position(volume: Volume, k: int) -> list[float]:
     """ImagePositionPatient of slice ``k`` (LPS mm)."""
-    return [
-        float(v) for v in (volume.affine_lps @ np.array([0.0, 0.0, float(k), 1.0]))[:3]
-    ]
+    return [float(v) for v in (volume.affine_lps @ np.array([0.0, 0.0, float(k), 1.0]))[:3]]
 
 
 def image_orientation(volume: Volume) -> list[float]:

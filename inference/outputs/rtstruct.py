@@ -54,11 +54,23 @@ SERIES_NUMBER = 9001
 
 #: attributes copied from the source header into the per-slice headers rt-utils reads
 _COPIED = (
-    "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "StudyDescription",
-    "AccessionNumber", "ReferringPhysicianName", "SeriesInstanceUID", "SeriesDate",
-    "SeriesTime", "FrameOfReferenceUID",
-)  # fmt: skip
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "StudyDescription",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "SeriesInstanceUID",
+    "SeriesDate",
+    "SeriesTime",
+    "FrameOfReferenceUID",
+)
 
 
 def write_rtstruct(result: SegmentationResult, path: Path) -> Path:
@@ -94,14 +106,10 @@ def _first_header(volume: Volume) -> Dataset:
     try:
         return pydicom.dcmread(volume.slices[0].path, stop_before_pixels=True)
     except (OSError, pydicom.errors.InvalidDicomError) as exc:
-        raise InferenceError(
-            f"source {volume.slices[0].path} cannot be read: {exc}"
-        ) from exc
+        raise InferenceError(f"source {volume.slices[0].path} cannot be read: {exc}") from exc
 
 
-def _rtutils_series(
-    volume: Volume, source: Dataset
-) -> tuple[list[Dataset], np.ndarray]:
+def _rtutils_series(volume: Volume, source: Dataset) -> tuple[list[Dataset], np.ndarray]:
     """Per-slice headers from the volume's geometry, in rt-utils' order, and that order.
 
     ``order[z]`` is the volume slice ``k`` that rt-utils calls slice ``z``.
@@ -127,9 +135,7 @@ def _rtutils_series(
         ds.PixelSpacing = pixel_spacing(volume)
         ds.Columns, ds.Rows = int(volume.array.shape[0]), int(volume.array.shape[1])
         headers.append(ds)
-    order = np.argsort(
-        [image_helper.get_slice_position(ds) for ds in headers], kind="stable"
-    )
+    order = np.argsort([image_helper.get_slice_position(ds) for ds in headers], kind="stable")
     return [headers[k] for k in order], order
 
 
@@ -137,9 +143,7 @@ def _reanchor_contours(
     ds: Dataset, series_data: list[Dataset], order: np.ndarray, volume: Volume
 ) -> None:
     """Recompute every contour point through the volume's affine (see the module docstring)."""
-    to_pixel = image_helper.get_patient_to_pixel_transformation_matrix(
-        series_data
-    ).astype(float)
+    to_pixel = image_helper.get_patient_to_pixel_transformation_matrix(series_data).astype(float)
     frames = [s.frame_number for s in volume.slices]
     for roi_contour in ds.ROIContourSequence:
         for contour in roi_contour.get("ContourSequence", []):

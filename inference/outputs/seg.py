@@ -10,7 +10,6 @@ segmentation needs at least one segment; the RT-Struct and the SR say
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -24,8 +23,6 @@ from inference.outputs.provenance import (
     apply_equipment,
     lesion_colour,
     lesions_by_size,
-    read_source_headers,
-    save_durably,
     series_description,
     software_versions,
 )
@@ -36,9 +33,7 @@ LOGGER = logging.getLogger(__name__)
 SERIES_NUMBER = 9002
 
 
-def build_seg(
-    result: SegmentationResult, source_images: list[Dataset]
-) -> hd.seg.Segmentation:
+def build_seg(result: SegmentationResult, source_images: list[Dataset]) -> hd.seg.Segmentation:
     """The Segmentation of ``result``; raises :class:`InferenceError` when there is no lesion."""
     ranked = lesions_by_size(result)
     if not ranked:

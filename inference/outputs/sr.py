@@ -19,7 +19,6 @@ SeriesDescription ends in "NO LESION FOUND".
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import highdicom as hd
@@ -32,7 +31,6 @@ from inference.outputs.provenance import (
     MANUFACTURER,
     apply_equipment,
     lesions_by_size,
-    save_durably,
     series_description,
 )
 from inference.types import Lesion, SegmentationResult
@@ -52,9 +50,7 @@ def build_sr(
     provenance = result.provenance
     ranked = lesions_by_size(result)
     if ranked and seg is None:
-        raise ValueError(
-            "an SR of lesions references their SEG segments: build the SEG first"
-        )
+        raise ValueError("an SR of lesions references their SEG segments: build the SEG first")
     algorithm = hd.sr.AlgorithmIdentification(
         name=provenance.name[:64],
         version=provenance.version[:64],
@@ -132,9 +128,7 @@ def _lesion_group(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(), identifier=f"Lesion {rank}"
         ),
-        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(
-            seg, segment_number=rank
-        ),
+        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, segment_number=rank),
         finding_type=codes.SCT.Lesion,
         finding_sites=[hd.sr.FindingSite(codes.SCT.Brain)],
         algorithm_id=algorithm,
@@ -152,7 +146,5 @@ def _no_lesion_group(
         ),
         finding_sites=[hd.sr.FindingSite(codes.SCT.Brain)],
         algorithm_id=algorithm,
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=codes.SCT.Lesion, value=ABSENT)
-        ],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.SCT.Lesion, value=ABSENT)],
     )

@@ -33,16 +33,30 @@ class ThresholdNet(torch.nn.Module):
 def threshold_model(tmp_path: Path) -> Model:
     path = tmp_path / "threshold.pt"
     torch.jit.save(torch.jit.script(ThresholdNet()), str(path))
-    return Model.model_validate({
-        "name": "threshold test network", "version": "1", "weights": path, "format": "auto",
-        "unetr": {"img_size": [32, 32, 32]},
-        "preprocessing": {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0],
-                          "intensity": {"mode": "range", "a_min": 100, "a_max": 1000, "b_min": 0, "b_max": 1,
-                                        "clip": True}},
-        "sliding_window": {"roi_size": [32, 32, 32], "overlap": 0.25, "sw_batch_size": 2},
-        "postprocessing": {"min_lesion_mm3": 5},
-        "precision": "fp32",
-    })
+    return Model.model_validate(
+        {
+            "name": "threshold test network",
+            "version": "1",
+            "weights": path,
+            "format": "auto",
+            "unetr": {"img_size": [32, 32, 32]},
+            "preprocessing": {
+                "orientation": "RAS",
+                "spacing": [1.0, 1.0, 1.0],
+                "intensity": {
+                    "mode": "range",
+                    "a_min": 100,
+                    "a_max": 1000,
+                    "b_min": 0,
+                    "b_max": 1,
+                    "clip": True,
+                },
+            },
+            "sliding_window": {"roi_size": [32, 32, 32], "overlap": 0.25, "sw_batch_size": 2},
+            "postprocessing": {"min_lesion_mm3": 5},
+            "precision": "fp32",
+        }
+    )
 
 
 @pytest.fixture(scope="session")

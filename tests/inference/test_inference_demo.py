@@ -17,12 +17,30 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ai_node_segment_finds_the_lesions_where_the_truth_file_says(tmp_path: Path) -> None:
-    spec = CaseSpec(seed=14, orientation="sagittal", in_plane_mm=1.2, slice_mm=2.0, reverse_order=True,
-                    n_lesions=(2, 2), diameter_range=(8.0, 20.0), fov_scale=0.45, centre_on_lesions=True)
+    spec = CaseSpec(
+        seed=14,
+        orientation="sagittal",
+        in_plane_mm=1.2,
+        slice_mm=2.0,
+        reverse_order=True,
+        n_lesions=(2, 2),
+        diameter_range=(8.0, 20.0),
+        fov_scale=0.45,
+        centre_on_lesions=True,
+    )
     write_case(tmp_path / "case", spec)
-    command = [str(Path(sys.executable).with_name("ai-node")), "segment", str(tmp_path / "case" / "dicom"),
-               "--output", str(tmp_path / "out"), "--config", str(REPO / "ae_config.yaml")]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    command = [
+        str(Path(sys.executable).with_name("ai-node")),
+        "segment",
+        str(tmp_path / "case" / "dicom"),
+        "--output",
+        str(tmp_path / "out"),
+        "--config",
+        str(REPO / "ae_config.yaml"),
+    ]
+    done = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     truth = json.loads((tmp_path / "case" / "truth.json").read_text())
     found = json.loads((tmp_path / "out" / "lesions.json").read_text())
@@ -33,10 +51,16 @@ def test_ai_node_segment_finds_the_lesions_where_the_truth_file_says(tmp_path: P
     matched = set()
     for lesion in truth["lesions"]:
         centre = np.array(lesion["centre_lps_mm"])
-        nearest = min(found["lesions"], key=lambda f: np.linalg.norm(np.array(f["centroid_lps_mm"]) - centre))
-        assert np.linalg.norm(np.array(nearest["centroid_lps_mm"]) - centre) < max(3.0, lesion["diameter_mm"] / 4)
+        nearest = min(
+            found["lesions"], key=lambda f: np.linalg.norm(np.array(f["centroid_lps_mm"]) - centre)
+        )
+        assert np.linalg.norm(np.array(nearest["centroid_lps_mm"]) - centre) < max(
+            3.0, lesion["diameter_mm"] / 4
+        )
         inside, predicted = true_labels == lesion["number"], labels == nearest["number"]
         dice = 2 * (inside & predicted).sum() / (inside.sum() + predicted.sum())
-        assert dice > 0.6, f"lesion {lesion['number']} ({lesion['diameter_mm']} mm): Dice {dice:.2f}"
+        assert dice > 0.6, (
+            f"lesion {lesion['number']} ({lesion['diameter_mm']} mm): Dice {dice:.2f}"
+        )
         matched.add(nearest["number"])
     assert len(found["lesions"]) - len(matched) <= 1  # at most one false positive

@@ -6,16 +6,18 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from inference.lesions import component_peaks, find_lesions
 from demo.synthetic.blob import cosines
 from demo.synthetic.dicom_series import make_affine
+from inference.lesions import component_peaks, find_lesions
 
 # an ellipsoid in patient space: semi-axes 10 mm along L-R, 5 mm along A-P, 4 mm along S-I
 CENTRE = np.array([20.0, -15.0, 30.0])
 SEMI_AXES = np.array([10.0, 5.0, 4.0])
 
 
-def _ellipsoid_grid(orientation: str, spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+def _ellipsoid_grid(
+    orientation: str, spacing: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     row, col = cosines(orientation)
     affine = make_affine(row, col, spacing)
     shape = (64, 64, 48) if spacing[2] < 1 else (64, 64, 30)
@@ -28,10 +30,16 @@ def _ellipsoid_grid(orientation: str, spacing: tuple[float, float, float]) -> tu
 
 @pytest.mark.parametrize(
     "orientation,spacing",
-    [("axial", (0.5, 0.5, 1.0)), ("sagittal", (0.5, 0.5, 1.0)), ("coronal", (0.5, 0.5, 1.0)),
-     ("oblique", (0.6, 0.6, 0.6))],
+    [
+        ("axial", (0.5, 0.5, 1.0)),
+        ("sagittal", (0.5, 0.5, 1.0)),
+        ("coronal", (0.5, 0.5, 1.0)),
+        ("oblique", (0.6, 0.6, 0.6)),
+    ],
 )
-def test_measurements_are_in_patient_space(orientation: str, spacing: tuple[float, float, float]) -> None:
+def test_measurements_are_in_patient_space(
+    orientation: str, spacing: tuple[float, float, float]
+) -> None:
     mask, affine = _ellipsoid_grid(orientation, spacing)
     labels, lesions = find_lesions(mask, affine, min_lesion_mm3=10)
     assert len(lesions) == 1
@@ -42,7 +50,9 @@ def test_measurements_are_in_patient_space(orientation: str, spacing: tuple[floa
     assert lesion.longest_3d_diameter_mm == pytest.approx(20.0, abs=voxel)
     assert lesion.longest_axial_diameter_mm == pytest.approx(20.0, abs=voxel)
     assert lesion.perpendicular_axial_diameter_mm == pytest.approx(10.0, abs=voxel)
-    assert (lesion.first_slice, lesion.last_slice) == tuple(np.flatnonzero(mask.any((0, 1)))[[0, -1]])
+    assert (lesion.first_slice, lesion.last_slice) == tuple(
+        np.flatnonzero(mask.any((0, 1)))[[0, -1]]
+    )
     assert np.array_equal(labels == 1, mask)
 
 

@@ -13,19 +13,40 @@ from config.errors import ModelLoadError
 from config.schema import Model
 from inference.model import build_unetr, detect_format, load_model
 
-FULL_SIZE = {"img_size": [32, 32, 32], "feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12}
+FULL_SIZE = {
+    "img_size": [32, 32, 32],
+    "feature_size": 16,
+    "hidden_size": 768,
+    "mlp_dim": 3072,
+    "num_heads": 12,
+}
 
 
 def _config(weights: Path, fmt: str = "auto", **unetr: object) -> Model:
-    return Model.model_validate({"weights": weights, "format": fmt, "unetr": {**FULL_SIZE, **unetr}})
+    return Model.model_validate(
+        {"weights": weights, "format": fmt, "unetr": {**FULL_SIZE, **unetr}}
+    )
 
 
 @pytest.fixture(scope="module")
-def full_size(tmp_path_factory: pytest.TempPathFactory) -> tuple[UNETR, torch.Tensor, torch.Tensor, Path]:
+def full_size(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[UNETR, torch.Tensor, torch.Tensor, Path]:
     """A random-weight UNETR at the BTCV size (hidden 768, 12 heads, feature 16), on a small input."""
     torch.manual_seed(0)
-    model = UNETR(1, 2, (32, 32, 32), feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12,
-                  proj_type="conv", norm_name="instance", res_block=True, dropout_rate=0.0).eval()
+    model = UNETR(
+        1,
+        2,
+        (32, 32, 32),
+        feature_size=16,
+        hidden_size=768,
+        mlp_dim=3072,
+        num_heads=12,
+        proj_type="conv",
+        norm_name="instance",
+        res_block=True,
+        dropout_rate=0.0,
+    ).eval()
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         expected = model(x)
@@ -37,14 +58,19 @@ def _save(kind: str, model: UNETR, x: torch.Tensor, path: Path) -> None:
     if kind == "state_dict":
         torch.save(state, path)
     elif kind == "checkpoint_state_dict":
-        torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}, "best": 0.8}, path)
+        torch.save(
+            {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}, "best": 0.8},
+            path,
+        )
     elif kind == "checkpoint_model":
         torch.save({"model": state, "optimizer": {}}, path)
     else:
         torch.jit.save(torch.jit.trace(model, x), str(path))
 
 
-@pytest.mark.parametrize("kind", ["state_dict", "checkpoint_state_dict", "checkpoint_model", "torchscript"])
+@pytest.mark.parametrize(
+    "kind", ["state_dict", "checkpoint_state_dict", "checkpoint_model", "torchscript"]
+)
 def test_full_size_unetr_loads_in_every_format(full_size: tuple, kind: str) -> None:
     model, x, expected, folder = full_size
     path = folder / f"{kind}.pt"
@@ -58,11 +84,24 @@ def test_full_size_unetr_loads_in_every_format(full_size: tuple, kind: str) -> N
 
 
 def test_every_hyperparameter_reaches_the_network() -> None:
-    config = _config(Path("unused"), in_channels=2, out_channels=3, img_size=[32, 48, 32], feature_size=8,
-                     hidden_size=96, mlp_dim=192, num_heads=4, proj_type="perceptron", norm_name="batch",
-                     res_block=False, dropout_rate=0.1).unetr
+    config = _config(
+        Path("unused"),
+        in_channels=2,
+        out_channels=3,
+        img_size=[32, 48, 32],
+        feature_size=8,
+        hidden_size=96,
+        mlp_dim=192,
+        num_heads=4,
+        proj_type="perceptron",
+        norm_name="batch",
+        res_block=False,
+        dropout_rate=0.1,
+    ).unetr
     net = build_unetr(config)
-    assert net.vit.patch_embedding.patch_embeddings[1].in_features == 2 * 16**3  # perceptron, 2 channels
+    assert (
+        net.vit.patch_embedding.patch_embeddings[1].in_features == 2 * 16**3
+    )  # perceptron, 2 channels
     assert net.out.conv.conv.out_channels == 3
     assert net.encoder1.layer.conv1.conv.out_channels == 8
     assert net.vit.blocks[0].mlp.linear1.out_features == 192
@@ -74,7 +113,14 @@ def test_every_hyperparameter_reaches_the_network() -> None:
 
 
 def _small(**unetr: object) -> dict:
-    return {"img_size": [32, 32, 32], "feature_size": 4, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4, **unetr}
+    return {
+        "img_size": [32, 32, 32],
+        "feature_size": 4,
+        "hidden_size": 48,
+        "mlp_dim": 96,
+        "num_heads": 4,
+        **unetr,
+    }
 
 
 def test_strict_loading_names_missing_and_unexpected_keys(tmp_path: Path) -> None:
@@ -93,7 +139,10 @@ def test_strict_loading_names_missing_and_unexpected_keys(tmp_path: Path) -> Non
 
 def test_weights_for_another_size_name_the_shape_mismatch(tmp_path: Path) -> None:
     path = tmp_path / "other.pt"
-    torch.save(build_unetr(Model.model_validate({"unetr": _small(feature_size=8)}).unetr).state_dict(), path)
+    torch.save(
+        build_unetr(Model.model_validate({"unetr": _small(feature_size=8)}).unetr).state_dict(),
+        path,
+    )
     with pytest.raises(ModelLoadError, match=r"shape mismatches \(\d+\): .*file \(8,"):
         load_model(Model.model_validate({"weights": path, "unetr": _small()}))
 
@@ -106,8 +155,12 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not a loadable PyTorch weights file"):
         load_model(Model.model_validate({"weights": junk, "unetr": _small()}))
     with pytest.raises(ModelLoadError, match="not a loadable TorchScript model"):
-        load_model(Model.model_validate({"weights": junk, "format": "torchscript", "unetr": _small()}))
+        load_model(
+            Model.model_validate({"weights": junk, "format": "torchscript", "unetr": _small()})
+        )
     odd = tmp_path / "odd.pt"
     torch.save({"weights_here": 1}, odd)
     with pytest.raises(ModelLoadError, match="checkpoint has none of the keys"):
-        load_model(Model.model_validate({"weights": odd, "format": "checkpoint", "unetr": _small()}))
+        load_model(
+            Model.model_validate({"weights": odd, "format": "checkpoint", "unetr": _small()})
+        )

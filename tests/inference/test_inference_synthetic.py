@@ -16,8 +16,17 @@ from inference.volume import load_series
 
 @pytest.mark.parametrize("orientation,reverse", [("sagittal", True), ("oblique", False)])
 def test_case_files_agree_with_each_other(tmp_path: Path, orientation: str, reverse: bool) -> None:
-    spec = CaseSpec(seed=11, orientation=orientation, in_plane_mm=1.5, slice_mm=3.0, reverse_order=reverse,
-                    n_lesions=(2, 3), diameter_range=(8.0, 16.0), fov_scale=0.5, centre_on_lesions=True)
+    spec = CaseSpec(
+        seed=11,
+        orientation=orientation,
+        in_plane_mm=1.5,
+        slice_mm=3.0,
+        reverse_order=reverse,
+        n_lesions=(2, 3),
+        diameter_range=(8.0, 16.0),
+        fov_scale=0.5,
+        centre_on_lesions=True,
+    )
     truth = write_case(tmp_path, spec)
     volume = load_series(truth.dicom_paths)
     assert np.allclose(volume.affine_lps, truth.affine_lps, atol=1e-4)
@@ -31,9 +40,13 @@ def test_case_files_agree_with_each_other(tmp_path: Path, orientation: str, reve
         assert inside.sum() == lesion["voxels_on_grid"] > 0
         ijk = np.argwhere(inside).astype(float)
         centroid = (ijk @ truth.affine_lps[:3, :3].T + truth.affine_lps[:3, 3]).mean(0)
-        assert np.linalg.norm(centroid - lesion["centre_lps_mm"]) < 0.25 * lesion["diameter_mm"] + 2.0
+        assert (
+            np.linalg.norm(centroid - lesion["centre_lps_mm"]) < 0.25 * lesion["diameter_mm"] + 2.0
+        )
         rim = volume.array[inside].max()
-        assert rim > np.median(volume.array[labels == 0][volume.array[labels == 0] > 0]) * 1.1  # enhancing
+        assert (
+            rim > np.median(volume.array[labels == 0][volume.array[labels == 0] > 0]) * 1.1
+        )  # enhancing
 
 
 def test_lesion_kinds_sizes_and_shapes_cover_the_brief() -> None:

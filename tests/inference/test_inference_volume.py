@@ -33,7 +33,9 @@ CENTRE = np.array([12.3, -20.7, 31.4])
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["ascending", "reversed"])
 @pytest.mark.parametrize("orientation", ORIENTATION_NAMES)
-def test_blob_lands_at_its_patient_coordinate(tmp_path: Path, orientation: str, reverse: bool) -> None:
+def test_blob_lands_at_its_patient_coordinate(
+    tmp_path: Path, orientation: str, reverse: bool
+) -> None:
     paths, truth_affine = blob_series(tmp_path, orientation, tuple(CENTRE), reverse_order=reverse)
     volume = load_series(paths[::-1] if reverse else paths)  # file order must not matter
     assert np.allclose(volume.affine_lps, truth_affine, atol=1e-4)
@@ -41,13 +43,17 @@ def test_blob_lands_at_its_patient_coordinate(tmp_path: Path, orientation: str, 
     assert np.linalg.norm(found - CENTRE) < voxel_diagonal(volume.affine_lps) / 2
     normal = np.cross(volume.affine_lps[:3, 0], volume.affine_lps[:3, 1])
     assert normal @ volume.affine_lps[:3, 2] > 0  # slices ascend along the normal
-    positions = [pydicom.dcmread(s.path, stop_before_pixels=True).ImagePositionPatient for s in volume.slices]
+    positions = [
+        pydicom.dcmread(s.path, stop_before_pixels=True).ImagePositionPatient for s in volume.slices
+    ]
     expected = [volume.affine_lps @ [0, 0, k, 1] for k in range(len(positions))]
     assert np.allclose(np.array(positions, float), np.array(expected)[:, :3], atol=1e-4)
 
 
 @pytest.mark.parametrize("orientation", ORIENTATION_NAMES)
-def test_same_voxels_in_patient_space_as_monai_pydicomreader(tmp_path: Path, orientation: str) -> None:
+def test_same_voxels_in_patient_space_as_monai_pydicomreader(
+    tmp_path: Path, orientation: str
+) -> None:
     """MONAI's reader (RAS) sees the same intensity at every patient coordinate."""
     paths, _ = blob_series(tmp_path, orientation, tuple(CENTRE), reverse_order=True)
     ours = load_series(paths)
@@ -55,20 +61,30 @@ def test_same_voxels_in_patient_space_as_monai_pydicomreader(tmp_path: Path, ori
     array, meta = reader.get_data(reader.read(str(tmp_path)))
     theirs_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(meta["affine"], float)
     ijk = np.indices(ours.array.shape).reshape(3, -1).T.astype(float)
-    mapped = np.rint((np.linalg.inv(theirs_lps) @ ours.affine_lps @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T)
+    mapped = np.rint(
+        (np.linalg.inv(theirs_lps) @ ours.affine_lps @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T
+    )
     mapped = mapped.astype(int)
     assert np.allclose(np.asarray(array)[tuple(mapped.T)], ours.array.ravel())
 
 
 @pytest.mark.parametrize(
     "syntax",
-    [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless, JPEGLSLossless, JPEG2000Lossless,
-     JPEGLosslessSV1],
+    [
+        ImplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+        RLELossless,
+        JPEGLSLossless,
+        JPEG2000Lossless,
+        JPEGLosslessSV1,
+    ],
     ids=lambda s: s.name,
 )
 def test_transfer_syntaxes_decode_to_the_same_volume(tmp_path: Path, syntax: str) -> None:
     reference = load_series(small_series(tmp_path / "ref", orientation="coronal"))
-    volume = load_series(small_series(tmp_path / "enc", orientation="coronal", transfer_syntax=syntax))
+    volume = load_series(
+        small_series(tmp_path / "enc", orientation="coronal", transfer_syntax=syntax)
+    )
     assert np.array_equal(volume.array, reference.array)
     assert np.allclose(volume.affine_lps, reference.affine_lps)
 
@@ -76,18 +92,24 @@ def test_transfer_syntaxes_decode_to_the_same_volume(tmp_path: Path, syntax: str
 @pytest.mark.parametrize("reverse", [False, True], ids=["ascending", "reversed"])
 def test_enhanced_mr_reads_per_frame_groups(tmp_path: Path, reverse: bool) -> None:
     classic_paths, _ = blob_series(tmp_path / "classic", "oblique", tuple(CENTRE))
-    enhanced_paths, _ = blob_series(tmp_path / "enh", "oblique", tuple(CENTRE), enhanced=True, reverse_order=reverse)
+    enhanced_paths, _ = blob_series(
+        tmp_path / "enh", "oblique", tuple(CENTRE), enhanced=True, reverse_order=reverse
+    )
     classic, enhanced = load_series(classic_paths), load_series(enhanced_paths)
     assert len(enhanced_paths) == 1
     assert np.allclose(enhanced.affine_lps, classic.affine_lps, atol=1e-4)
     assert np.array_equal(enhanced.array, classic.array)
     numbers = [s.frame_number for s in enhanced.slices]
-    assert numbers == (list(range(len(numbers), 0, -1)) if reverse else list(range(1, len(numbers) + 1)))
+    assert numbers == (
+        list(range(len(numbers), 0, -1)) if reverse else list(range(1, len(numbers) + 1))
+    )
 
 
 def test_rescale_slope_and_intercept_are_applied(tmp_path: Path) -> None:
     plain = load_series(small_series(tmp_path / "a"))
-    rescaled = load_series(small_series(tmp_path / "b", rescale_slope=0.5, rescale_intercept=-100.0))
+    rescaled = load_series(
+        small_series(tmp_path / "b", rescale_slope=0.5, rescale_intercept=-100.0)
+    )
     assert np.allclose(rescaled.array, plain.array, atol=0.51)
 
 
@@ -113,7 +135,9 @@ def test_missing_position_is_named(tmp_path: Path) -> None:
 
 def test_uneven_spacing_names_the_gap(tmp_path: Path) -> None:
     paths = small_series(tmp_path, n_slices=10)
-    with pytest.raises(SeriesGeometryError, match=r"uneven slice spacing: 4\.000 mm .* steps 2\.000 mm"):
+    with pytest.raises(
+        SeriesGeometryError, match=r"uneven slice spacing: 4\.000 mm .* steps 2\.000 mm"
+    ):
         load_series(paths[:4] + paths[5:])
 
 
@@ -129,8 +153,14 @@ def test_three_plane_localizer(tmp_path: Path) -> None:
     frame = pydicom.uid.generate_uid()
     paths = []
     for n, plane in enumerate(("axial", "sagittal", "coronal")):
-        paths += small_series(tmp_path / plane, n_slices=3, orientation=plane, series_instance_uid=uid,
-                              frame_of_reference_uid=frame, series_number=n + 1)
+        paths += small_series(
+            tmp_path / plane,
+            n_slices=3,
+            orientation=plane,
+            series_instance_uid=uid,
+            frame_of_reference_uid=frame,
+            series_number=n + 1,
+        )
     with pytest.raises(SeriesGeometryError, match="three-plane localizer"):
         load_series(paths)
 
@@ -138,9 +168,17 @@ def test_three_plane_localizer(tmp_path: Path) -> None:
 def test_mixed_sizes(tmp_path: Path) -> None:
     uid = pydicom.uid.generate_uid()
     frame = pydicom.uid.generate_uid()
-    a = small_series(tmp_path / "a", n_slices=4, rows=32, series_instance_uid=uid, frame_of_reference_uid=frame)
-    b = small_series(tmp_path / "b", n_slices=4, rows=30, series_instance_uid=uid, frame_of_reference_uid=frame,
-                     series_number=2)
+    a = small_series(
+        tmp_path / "a", n_slices=4, rows=32, series_instance_uid=uid, frame_of_reference_uid=frame
+    )
+    b = small_series(
+        tmp_path / "b",
+        n_slices=4,
+        rows=30,
+        series_instance_uid=uid,
+        frame_of_reference_uid=frame,
+        series_number=2,
+    )
     with pytest.raises(SeriesGeometryError, match="mixed image sizes"):
         load_series(a + b)
 

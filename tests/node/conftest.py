@@ -105,9 +105,7 @@ def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
     factory.stop_all()
 
 
-def series_dir(
-    directory: Path, n_slices: int = 6, size: int = 32, **spec: Any
-) -> list[Path]:
+def series_dir(directory: Path, n_slices: int = 6, size: int = 32, **spec: Any) -> list[Path]:
     """A small MR series (``size`` >= 32: JPEG 2000's default resolutions need it)."""
     return small_series(directory, n_slices=n_slices, rows=size, cols=size, **spec)
 
@@ -120,13 +118,9 @@ def pynetdicom_send(
     release: bool = True,
 ) -> list[int]:
     """C-STORE each file (or dataset) over one association; the statuses, in order."""
-    datasets = [
-        p if isinstance(p, pydicom.Dataset) else pydicom.dcmread(p) for p in paths
-    ]
+    datasets = [p if isinstance(p, pydicom.Dataset) else pydicom.dcmread(p) for p in paths]
     ae = AE(ae_title=calling_ae)
-    contexts = {
-        (str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets
-    }
+    contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
     ae.requested_contexts = [build_context(uid, ts) for uid, ts in sorted(contexts)]
     assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
     assert assoc.is_established, "association was not established"
@@ -168,14 +162,10 @@ def storescu(
         str(port),
         *map(str, inputs),
     ]
-    return subprocess.run(
-        command, check=False, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
 
 
-def wait_for(
-    predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05
-) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -188,23 +178,17 @@ def wait_for(
 
 def series_state(series_uid: str) -> ReceivedSeries | None:
     with connected():
-        return ReceivedSeries.get_or_none(
-            ReceivedSeries.series_instance_uid == series_uid
-        )
+        return ReceivedSeries.get_or_none(ReceivedSeries.series_instance_uid == series_uid)
 
 
 def jobs_of(series_uid: str) -> list[Job]:
     with connected():
-        return list(
-            Job.select().where(Job.series_instance_uid == series_uid).order_by(Job.id)
-        )
+        return list(Job.select().where(Job.series_instance_uid == series_uid).order_by(Job.id))
 
 
 def stored_sop_uids(series_uid: str | None = None) -> set[str]:
     with connected():
-        query = ReceivedInstance.select(ReceivedInstance.sop_instance_uid).join(
-            ReceivedSeries
-        )
+        query = ReceivedInstance.select(ReceivedInstance.sop_instance_uid).join(ReceivedSeries)
         if series_uid is not None:
             query = query.where(ReceivedSeries.series_instance_uid == series_uid)
         return {row.sop_instance_uid for row in query}
@@ -218,9 +202,7 @@ def ai_node_script() -> str:
     """The real console script of this checkout (``pip install -e .`` puts it in .venv/bin)."""
     script = Path(sys.executable).parent / "ai-node"
     if not script.exists():
-        pytest.skip(
-            "the ai-node console script is not installed (pip install -e . --no-deps)"
-        )
+        pytest.skip("the ai-node console script is not installed (pip install -e . --no-deps)")
     return str(script)
 
 
@@ -239,9 +221,7 @@ def start_serve(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(
-                f"ai-node serve exited: {log_path.read_text()[-2000:]}"
-            )
+            raise AssertionError(f"ai-node serve exited: {log_path.read_text()[-2000:]}")
         assoc = associate(config.port)
         if assoc.is_established:
             assoc.release()

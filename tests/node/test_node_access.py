@@ -49,10 +49,7 @@ def test_listed_peer_is_accepted_only_from_its_host(node_factory, caplog) -> Non
     with caplog.at_level(logging.INFO, logger="node"):
         forged = _associate_from(node.port, "ORTHANC", "AINODE", source="127.0.0.2")
     assert forged.is_rejected
-    assert (
-        "connected from 127.0.0.2, not from its configured host 127.0.0.1"
-        in caplog.text
-    )
+    assert "connected from 127.0.0.2, not from its configured host 127.0.0.1" in caplog.text
     # the node keeps serving after refusals
     again = _associate_from(node.port, "ORTHANC", "AINODE")
     assert again.is_established
@@ -61,9 +58,7 @@ def test_listed_peer_is_accepted_only_from_its_host(node_factory, caplog) -> Non
 
 def test_address_check_can_be_turned_off(tools, tmp_path) -> None:
     config = load_config(
-        tools.write_config(
-            tmp_path, peers=PEERS, network={"verify_peer_address": False}
-        )
+        tools.write_config(tmp_path, peers=PEERS, network={"verify_peer_address": False})
     )
     assert refusal(config, "ORTHANC", "AINODE", "127.0.0.2") is None
     assert refusal(config, "OTHER", "AINODE", "127.0.0.1") is not None
@@ -77,9 +72,7 @@ def test_any_caller_is_accepted_on_loopback_without_peers(tools, tmp_path) -> No
 
 def test_non_loopback_bind_without_peers_refuses_to_start(tools, tmp_path) -> None:
     path = tools.write_config(tmp_path, bind="0.0.0.0")
-    with pytest.raises(
-        ConfigError, match="bind 0.0.0.0 is not loopback and peers is empty"
-    ):
+    with pytest.raises(ConfigError, match="bind 0.0.0.0 is not loopback and peers is empty"):
         load_config(path)
     result = subprocess.run(
         [sys.executable, "-m", "node.cli", "serve", "--config", str(path)],
@@ -105,9 +98,7 @@ def test_bad_value_names_file_key_and_value(tools, tmp_path) -> None:
     assert f"{path}: completion.idle_seconds = -1" in result.stderr
 
 
-def test_too_many_associations_are_rejected_with_a_log_line(
-    node_factory, caplog
-) -> None:
+def test_too_many_associations_are_rejected_with_a_log_line(node_factory, caplog) -> None:
     node = node_factory(network={"maximum_associations": 1})
     first = _associate_from(node.port, "FIRST", "AINODE")
     assert first.is_established
@@ -115,8 +106,6 @@ def test_too_many_associations_are_rejected_with_a_log_line(
         with caplog.at_level(logging.INFO, logger="node"):
             second = _associate_from(node.port, "SECOND", "AINODE")
         assert second.is_rejected
-        assert (
-            "local limit exceeded: network.maximum_associations reached" in caplog.text
-        )
+        assert "local limit exceeded: network.maximum_associations reached" in caplog.text
     finally:
         first.release()

@@ -9,15 +9,35 @@ import sys
 import pytest
 
 SERIES_KEYS = {
-    "series_instance_uid", "study_instance_uid", "modality", "sop_class_uid",
-    "calling_ae_title", "state", "instance_count", "expected_count",
-    "first_received_at", "last_received_at", "completed_at", "completed_by", "reopened",
-}  # fmt: skip
+    "series_instance_uid",
+    "study_instance_uid",
+    "modality",
+    "sop_class_uid",
+    "calling_ae_title",
+    "state",
+    "instance_count",
+    "expected_count",
+    "first_received_at",
+    "last_received_at",
+    "completed_at",
+    "completed_by",
+    "reopened",
+}
 JOB_KEYS = {
-    "id", "series_instance_uid", "study_instance_uid", "calling_ae_title", "state",
-    "reason", "instance_count", "created_at", "started_at", "finished_at", "attempts",
-    "superseded_by", "stage_timings",
-}  # fmt: skip
+    "id",
+    "series_instance_uid",
+    "study_instance_uid",
+    "calling_ae_title",
+    "state",
+    "reason",
+    "instance_count",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "attempts",
+    "superseded_by",
+    "stage_timings",
+}
 
 
 def _ai_node(tools, *args: str) -> subprocess.CompletedProcess[str]:
@@ -78,10 +98,14 @@ def test_data_dir_override_is_relative_to_the_current_directory(tools, tmp_path)
 
 def test_echo_command(node_factory, tools) -> None:
     node = node_factory()
-    ok = _ai_node(tools, "echo", f"AINODE@127.0.0.1:{node.port}", "--config", str(node.config.source))
+    ok = _ai_node(
+        tools, "echo", f"AINODE@127.0.0.1:{node.port}", "--config", str(node.config.source)
+    )
     assert ok.returncode == 0, ok.stderr
     assert "Success" in ok.stdout
-    wrong = _ai_node(tools, "echo", f"NOTUS@127.0.0.1:{node.port}", "--config", str(node.config.source))
+    wrong = _ai_node(
+        tools, "echo", f"NOTUS@127.0.0.1:{node.port}", "--config", str(node.config.source)
+    )
     assert wrong.returncode == 1
     assert "rejected" in wrong.stdout
 
@@ -95,7 +119,9 @@ def test_echo_refuses_a_malformed_address(tools, tmp_path, address) -> None:
 
 def test_echo_to_nobody_fails(tools, tmp_path) -> None:
     port = tools.free_port()
-    result = _ai_node(tools, "echo", f"X@127.0.0.1:{port}", "--config", str(tools.write_config(tmp_path)))
+    result = _ai_node(
+        tools, "echo", f"X@127.0.0.1:{port}", "--config", str(tools.write_config(tmp_path))
+    )
     assert result.returncode == 1
     assert "failed" in result.stdout or "aborted" in result.stdout
 
@@ -106,7 +132,9 @@ def test_node_and_worker_never_import_torch(tools) -> None:
         "import sys, node.cli, node.server, jobs.worker, jobs.summary; "
         "assert 'torch' not in sys.modules and 'monai' not in sys.modules, 'torch imported'"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     worker_only = "import sys, jobs.worker; assert 'pynetdicom' not in sys.modules"
     result = subprocess.run(

@@ -32,9 +32,7 @@ def test_expected_count(rows, expected) -> None:
     assert expected_count(rows) == expected
 
 
-def test_idle_timer_completes_a_series_without_a_count(
-    node_factory, tools, tmp_path
-) -> None:
+def test_idle_timer_completes_a_series_without_a_count(node_factory, tools, tmp_path) -> None:
     node = node_factory(completion={"idle_seconds": 0.6})
     paths = tools.series_dir(tmp_path / "in", n_slices=3, images_in_acquisition=False)
     started = time.monotonic()
@@ -48,9 +46,7 @@ def test_idle_timer_completes_a_series_without_a_count(
     assert [j.state for j in tools.jobs_of(series_uid)] == ["queued"]
 
 
-def test_count_completes_on_release_across_associations(
-    node_factory, tools, tmp_path
-) -> None:
+def test_count_completes_on_release_across_associations(node_factory, tools, tmp_path) -> None:
     node = node_factory()  # idle_seconds 30: only the count can complete it in time
     paths = tools.series_dir(tmp_path / "in", n_slices=5)
     series_uid = tools.uid_of(paths[0])
@@ -59,21 +55,15 @@ def test_count_completes_on_release_across_associations(
     series = tools.series_state(series_uid)
     assert (series.state, series.expected_count) == ("receiving", 5)
     assert tools.pynetdicom_send(paths[3:], node.port) == [statuses.SUCCESS] * 2
-    tools.wait_for(
-        lambda: tools.series_state(series_uid).state == "complete", timeout=5
-    )
+    tools.wait_for(lambda: tools.series_state(series_uid).state == "complete", timeout=5)
     assert tools.series_state(series_uid).completed_by == "count"
     assert len(tools.jobs_of(series_uid)) == 1
 
 
-def test_aborted_association_waits_for_the_idle_timer(
-    node_factory, tools, tmp_path
-) -> None:
+def test_aborted_association_waits_for_the_idle_timer(node_factory, tools, tmp_path) -> None:
     node = node_factory(completion={"idle_seconds": 1.0})
     paths = tools.series_dir(tmp_path / "in", n_slices=3)
-    assert (
-        tools.pynetdicom_send(paths, node.port, release=False) == [statuses.SUCCESS] * 3
-    )
+    assert tools.pynetdicom_send(paths, node.port, release=False) == [statuses.SUCCESS] * 3
     series_uid = tools.uid_of(paths[0])
     time.sleep(0.5)
     assert tools.series_state(series_uid).state == "receiving"
@@ -81,22 +71,16 @@ def test_aborted_association_waits_for_the_idle_timer(
     assert tools.series_state(series_uid).completed_by == "idle"
 
 
-def test_single_enhanced_mr_instance_is_complete_by_itself(
-    node_factory, tools, tmp_path
-) -> None:
+def test_single_enhanced_mr_instance_is_complete_by_itself(node_factory, tools, tmp_path) -> None:
     node = node_factory()
     paths = tools.series_dir(tmp_path / "in", n_slices=4, enhanced=True)
     assert tools.pynetdicom_send(paths, node.port) == [statuses.SUCCESS]
     series_uid = tools.uid_of(paths[0])
-    tools.wait_for(
-        lambda: tools.series_state(series_uid).state == "complete", timeout=5
-    )
+    tools.wait_for(lambda: tools.series_state(series_uid).state == "complete", timeout=5)
     assert tools.series_state(series_uid).completed_by == "count"
 
 
-def test_late_instance_reopens_and_its_job_supersedes(
-    node_factory, tools, tmp_path
-) -> None:
+def test_late_instance_reopens_and_its_job_supersedes(node_factory, tools, tmp_path) -> None:
     node = node_factory(completion={"idle_seconds": 0.6})
     paths = tools.series_dir(tmp_path / "in", n_slices=3)
     series_uid = tools.uid_of(paths[0])
@@ -120,9 +104,7 @@ def test_late_instance_reopens_and_its_job_supersedes(
     assert (new.state, new.instance_count, new.superseded_by_id) == ("queued", 4, None)
 
 
-def test_other_image_classes_are_stored_but_not_segmented(
-    node_factory, tools, tmp_path
-) -> None:
+def test_other_image_classes_are_stored_but_not_segmented(node_factory, tools, tmp_path) -> None:
     node = node_factory()
     paths = tools.series_dir(tmp_path / "in", n_slices=2, modality="CT")
     datasets = [pydicom.dcmread(p) for p in paths]
@@ -130,9 +112,7 @@ def test_other_image_classes_are_stored_but_not_segmented(
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CT
     assert tools.pynetdicom_send(datasets, node.port) == [statuses.SUCCESS] * 2
     series_uid = tools.uid_of(paths[0])
-    tools.wait_for(
-        lambda: tools.series_state(series_uid).state == "complete", timeout=5
-    )
+    tools.wait_for(lambda: tools.series_state(series_uid).state == "complete", timeout=5)
     assert tools.jobs_of(series_uid) == []
 
 
@@ -157,28 +137,18 @@ def test_other_image_classes_can_be_refused(node_factory, tools, tmp_path) -> No
     assert tools.stored_sop_uids() == {str(mr.SOPInstanceUID)}
 
 
-def test_restart_resumes_timers_and_drops_nothing(
-    node_factory, tools, tmp_path
-) -> None:
+def test_restart_resumes_timers_and_drops_nothing(node_factory, tools, tmp_path) -> None:
     node = node_factory(completion={"idle_seconds": 1.5})
     resumed = tools.series_dir(tmp_path / "a", n_slices=6)
-    abandoned = tools.series_dir(
-        tmp_path / "b", n_slices=4, images_in_acquisition=False
-    )
+    abandoned = tools.series_dir(tmp_path / "b", n_slices=4, images_in_acquisition=False)
     assert tools.pynetdicom_send(resumed[:3] + abandoned[:2], node.port) == [0] * 5
     a_uid, b_uid = tools.uid_of(resumed[0]), tools.uid_of(abandoned[0])
     node.stop()
     time.sleep(2.0)  # down for longer than idle_seconds
     node = node_factory.restart(node)
     time.sleep(0.5)  # the timers restarted at start-up: nothing completes at once
-    assert (
-        tools.series_state(a_uid).state
-        == tools.series_state(b_uid).state
-        == "receiving"
-    )
-    assert (
-        tools.pynetdicom_send(resumed[3:], node.port) == [0] * 3
-    )  # the sender resumes
+    assert tools.series_state(a_uid).state == tools.series_state(b_uid).state == "receiving"
+    assert tools.pynetdicom_send(resumed[3:], node.port) == [0] * 3  # the sender resumes
     tools.wait_for(lambda: tools.series_state(a_uid).state == "complete", timeout=1.0)
     tools.wait_for(lambda: tools.series_state(b_uid).state == "complete", timeout=5)
     assert tools.series_state(a_uid).instance_count == 6

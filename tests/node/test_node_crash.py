@@ -39,15 +39,11 @@ def _alive(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
-def _send_until_killed(
-    paths: list[Path], port: int, process: subprocess.Popen
-) -> set[str]:
+def _send_until_killed(paths: list[Path], port: int, process: subprocess.Popen) -> set[str]:
     """Send one instance at a time; kill -9 the node after KILL_AFTER successes, from
     another thread while the next C-STORE is in flight.  Returns the acknowledged UIDs."""
     ae = AE(ae_title="CRASHSCU")
-    ae.requested_contexts = [
-        build_context("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2.1")
-    ]
+    ae.requested_contexts = [build_context("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2.1")]
     ae.dimse_timeout = ae.network_timeout = 10
     assoc = ae.associate("127.0.0.1", port, ae_title="AINODE")
     assert assoc.is_established
@@ -83,9 +79,7 @@ def _status(script: str, config_path: Path) -> dict:
 def test_kill_9_mid_series_loses_nothing_and_queues_once(tools, tmp_path):
     config_path = tools.write_config(
         tmp_path,
-        completion={
-            "idle_seconds": 30
-        },  # only the count on release completes it in time
+        completion={"idle_seconds": 30},  # only the count on release completes it in time
         worker={"processes": 1},  # task: jobs.summary:summarize_series
     )
     config = load_config(config_path)
@@ -140,9 +134,7 @@ def test_kill_9_mid_series_loses_nothing_and_queues_once(tools, tmp_path):
 def test_worker_exits_when_serve_is_killed(tools, tmp_path) -> None:
     config_path = tools.write_config(tmp_path, worker={"processes": 2})
     process = tools.start_serve(config_path, tmp_path / "serve.log")
-    workers = tools.wait_for(
-        lambda: len(_children(process.pid)) == 2 and _children(process.pid)
-    )
+    workers = tools.wait_for(lambda: len(_children(process.pid)) == 2 and _children(process.pid))
     process.kill()
     process.wait(timeout=30)
     started = time.monotonic()

@@ -68,18 +68,14 @@ def test_job_runs_the_task_and_succeeds(node_factory, tools, tmp_path) -> None:
     (job,) = tools.jobs_of(series_uid)
     assert (job.state, job.reason, job.attempts) == ("succeeded", None, 1)
     assert set(job.timings()) == {"read"}
-    summary = json.loads(
-        (node.config.data_dir / "jobs" / str(job.id) / "summary.json").read_text()
-    )
+    summary = json.loads((node.config.data_dir / "jobs" / str(job.id) / "summary.json").read_text())
     assert summary["series_instance_uid"] == series_uid
     assert summary["calling_ae_title"] == "TESTSCU"
     assert summary["instance_count"] == 4
     assert [i["instance_number"] for i in summary["instances"]] == [1, 2, 3, 4]
 
 
-def test_unreadable_instance_fails_the_job_with_a_reason(
-    node_factory, tools, tmp_path
-) -> None:
+def test_unreadable_instance_fails_the_job_with_a_reason(node_factory, tools, tmp_path) -> None:
     node = node_factory()
     series_uid = _queued_series(node, tools, tmp_path)
     victim = next((node.config.data_dir / "instances").rglob("*.dcm"))
@@ -101,9 +97,7 @@ def test_unreadable_instance_fails_the_job_with_a_reason(
         ),
     ],
 )
-def test_task_errors_become_reasons(
-    node_factory, tools, tmp_path, test_tasks, task, reason
-):
+def test_task_errors_become_reasons(node_factory, tools, tmp_path, test_tasks, task, reason):
     node = node_factory(worker={"task": f"{test_tasks}:{task}"})
     series_uid = _queued_series(node, tools, tmp_path)
     _run_one(node.config)
@@ -131,9 +125,7 @@ def test_running_jobs_are_requeued_at_start_up(node_factory, tools, tmp_path) ->
         assert requeue_interrupted(2) == (0, 0)
 
 
-def test_job_superseded_while_running_stays_superseded(
-    node_factory, tools, tmp_path
-) -> None:
+def test_job_superseded_while_running_stays_superseded(node_factory, tools, tmp_path) -> None:
     node = node_factory(completion={"idle_seconds": 0.5})
     paths = tools.series_dir(tmp_path / "in", n_slices=2)
     assert tools.pynetdicom_send(paths, node.port) == [0, 0]
@@ -151,9 +143,7 @@ def test_job_superseded_while_running_stays_superseded(
     assert tools.jobs_of(series_uid)[1].instance_count == 3
 
 
-def test_worker_crash_does_not_stop_the_receiver(
-    node_factory, tools, tmp_path, test_tasks
-) -> None:
+def test_worker_crash_does_not_stop_the_receiver(node_factory, tools, tmp_path, test_tasks) -> None:
     """kill -9 of the worker process: its job is re-queued, a new worker finishes it."""
     node = node_factory(worker={"processes": 1, "task": f"{test_tasks}:slow"})
     series_uid = _queued_series(node, tools, tmp_path)
@@ -161,21 +151,15 @@ def test_worker_crash_does_not_stop_the_receiver(
     started = tools.wait_for(lambda: list(job_dir.glob("*/started-*")))
     victim = int(started[0].name.split("-")[1])
     os.kill(victim, signal.SIGKILL)
-    other = _queued_series(
-        node, tools, tmp_path
-    )  # the receiver keeps receiving meanwhile
-    tools.wait_for(
-        lambda: tools.jobs_of(series_uid)[0].state == "succeeded", timeout=30
-    )
+    other = _queued_series(node, tools, tmp_path)  # the receiver keeps receiving meanwhile
+    tools.wait_for(lambda: tools.jobs_of(series_uid)[0].state == "succeeded", timeout=30)
     (job,) = tools.jobs_of(series_uid)
     assert job.attempts == 2 and job.worker_pid != victim
     assert (job_dir / str(job.id) / "done").read_text() == "3"
     tools.wait_for(lambda: tools.jobs_of(other)[0].state == "succeeded", timeout=30)
 
 
-def test_stopping_the_node_requeues_the_running_job(
-    node_factory, tools, tmp_path, test_tasks
-):
+def test_stopping_the_node_requeues_the_running_job(node_factory, tools, tmp_path, test_tasks):
     node = node_factory(worker={"processes": 1, "task": f"{test_tasks}:slow"})
     series_uid = _queued_series(node, tools, tmp_path)
     tools.wait_for(lambda: tools.jobs_of(series_uid)[0].state == "running")

@@ -42,7 +42,9 @@ def orthanc(tmp_path: Path, tools):
     path = tmp_path / "orthanc.json"
     path.write_text(json.dumps(config))
     log = (tmp_path / "orthanc.log").open("wb")
-    process = subprocess.Popen([shutil.which("Orthanc") or "Orthanc", str(path)], stdout=log, stderr=log)
+    process = subprocess.Popen(
+        [shutil.which("Orthanc") or "Orthanc", str(path)], stdout=log, stderr=log
+    )
     base = f"http://127.0.0.1:{http_port}"
     deadline = time.monotonic() + 60
     while True:

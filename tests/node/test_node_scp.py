@@ -34,9 +34,7 @@ def _dataset_bytes(path: Path) -> bytes:
     """The bytes after the file meta group (what the sender's dataset encodes to)."""
     data = path.read_bytes()
     assert data[128:132] == b"DICM"
-    group_length = int.from_bytes(
-        data[140:144], "little"
-    )  # (0002,0000) UL, explicit VR LE
+    group_length = int.from_bytes(data[140:144], "little")  # (0002,0000) UL, explicit VR LE
     return data[144 + group_length :]
 
 
@@ -60,9 +58,7 @@ def test_echoscu_gets_success(node_factory, tools) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_storescu_directory_is_stored_and_completed(
-    node_factory, tools, tmp_path
-) -> None:
+def test_storescu_directory_is_stored_and_completed(node_factory, tools, tmp_path) -> None:
     node = node_factory()
     paths = tools.series_dir(tmp_path / "in", n_slices=8)
     result = tools.storescu([tmp_path / "in"], node.port, ["+sd", "-nh"])
@@ -97,9 +93,7 @@ def test_transfer_syntaxes_are_stored_byte_for_byte(
     node_factory, tools, tmp_path, transfer_syntax
 ) -> None:
     node = node_factory()
-    paths = tools.series_dir(
-        tmp_path / "in", n_slices=2, transfer_syntax=transfer_syntax
-    )
+    paths = tools.series_dir(tmp_path / "in", n_slices=2, transfer_syntax=transfer_syntax)
     assert tools.pynetdicom_send(paths, node.port) == [statuses.SUCCESS] * 2
     with connected():
         rows = {r.sop_instance_uid: r for r in ReceivedInstance.select()}
@@ -113,16 +107,10 @@ def test_transfer_syntaxes_are_stored_byte_for_byte(
         assert (copy.pixel_array == original.pixel_array).all()
 
 
-def test_storescu_sends_compressed_files_as_they_are(
-    node_factory, tools, tmp_path
-) -> None:
+def test_storescu_sends_compressed_files_as_they_are(node_factory, tools, tmp_path) -> None:
     node = node_factory()
-    paths = tools.series_dir(
-        tmp_path / "in", n_slices=3, transfer_syntax=JPEG2000Lossless
-    )
-    result = tools.storescu(
-        paths, node.port, ["-nh", "-xv"]
-    )  # propose JPEG 2000 lossless
+    paths = tools.series_dir(tmp_path / "in", n_slices=3, transfer_syntax=JPEG2000Lossless)
+    result = tools.storescu(paths, node.port, ["-nh", "-xv"])  # propose JPEG 2000 lossless
     assert result.returncode == 0, result.stderr
     with connected():
         syntaxes = {r.transfer_syntax_uid for r in ReceivedInstance.select()}
@@ -145,18 +133,12 @@ def test_supported_contexts(tools, tmp_path) -> None:
     config = load_config(tools.write_config(tmp_path))
     classes = accepted_sop_classes(config)
     assert classes[:2] == ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1")
-    assert (
-        "1.2.840.10008.5.1.4.1.1.2" in classes
-    )  # CT Image Storage: stored, not segmented
-    assert (
-        "1.2.840.10008.5.1.4.1.1.481.3" not in classes
-    )  # RT Structure Set: not an image
+    assert "1.2.840.10008.5.1.4.1.1.2" in classes  # CT Image Storage: stored, not segmented
+    assert "1.2.840.10008.5.1.4.1.1.481.3" not in classes  # RT Structure Set: not an image
     ae = build_ae(config)
     mr = next(c for c in ae.supported_contexts if c.abstract_syntax == classes[0])
     assert set(mr.transfer_syntax) == set(TRANSFER_SYNTAXES)
-    only_mr = load_config(
-        tools.write_config(tmp_path, receive={"accept_other_images": False})
-    )
+    only_mr = load_config(tools.write_config(tmp_path, receive={"accept_other_images": False}))
     assert accepted_sop_classes(only_mr) == classes[:2]
 
 

@@ -28,9 +28,7 @@ def _files(data_dir: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
-@pytest.mark.parametrize(
-    "uid", ["1.2.840.10008.5.1.4.1.1.4", "0", "1.2.03.4", "1." + "2" * 62]
-)
+@pytest.mark.parametrize("uid", ["1.2.840.10008.5.1.4.1.1.4", "0", "1.2.03.4", "1." + "2" * 62])
 def test_valid_uids_are_accepted(uid: str) -> None:
     assert validate_uid(uid, "SOPInstanceUID") == uid
 
@@ -94,9 +92,7 @@ def test_hostile_sop_instance_uid_gets_a_failure(node_factory, tools, tmp_path) 
     assert _files(node.config.data_dir) == []
 
 
-def _raw_file(
-    tmp_path: Path, body: bytes, sop_class: str = MR, sop_uid: str = "1.2.3.4"
-) -> Path:
+def _raw_file(tmp_path: Path, body: bytes, sop_class: str = MR, sop_uid: str = "1.2.3.4") -> Path:
     """A file with valid file meta and the given dataset bytes (sent without decoding)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -141,9 +137,7 @@ def test_unparseable_dataset_gets_cannot_understand(
         + struct.pack("<HHI", 0x1234, 0x5678, 8)
         + b"xxxxxxxx"
     )
-    no_uids = (
-        struct.pack("<HH", 0x0010, 0x0010) + b"PN" + struct.pack("<H", 4) + b"A^B "
-    )
+    no_uids = struct.pack("<HH", 0x0010, 0x0010) + b"PN" + struct.pack("<H", 4) + b"A^B "
     paths = [
         _raw_file(tmp_path, broken_sequence),
         _raw_file(tmp_path, no_uids, sop_uid="1.2.5"),
@@ -163,9 +157,7 @@ def test_dataset_that_contradicts_the_request_is_refused(
     ds = pydicom.dcmread(path)
     ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.999"  # the request will say this
     ds.save_as(tmp_path / "liar.dcm")
-    assert _send_files(node.port, [tmp_path / "liar.dcm"]) == [
-        statuses.DATA_SET_DOES_NOT_MATCH
-    ]
+    assert _send_files(node.port, [tmp_path / "liar.dcm"]) == [statuses.DATA_SET_DOES_NOT_MATCH]
     assert _files(node.config.data_dir) == []
 
 
@@ -173,13 +165,9 @@ def test_duplicates_are_stored_once(node_factory, tools, tmp_path) -> None:
     node = node_factory()
     paths = tools.series_dir(tmp_path / "in", n_slices=4)
     assert tools.pynetdicom_send(paths + paths[:1], node.port) == [statuses.SUCCESS] * 5
-    before = {
-        p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in _files(node.config.data_dir)
-    }
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in _files(node.config.data_dir)}
     assert tools.pynetdicom_send(paths, node.port) == [statuses.SUCCESS] * 4
-    after = {
-        p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in _files(node.config.data_dir)
-    }
+    after = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in _files(node.config.data_dir)}
     assert after == before  # the first copy is kept, untouched
     series_uid = tools.uid_of(paths[0])
     assert tools.series_state(series_uid).instance_count == 4
@@ -201,15 +189,11 @@ def test_same_sop_instance_uid_in_another_series_is_a_conflict(
     assert len(_files(node.config.data_dir)) == 1
 
 
-def test_disk_reserve_gets_out_of_resources(
-    node_factory, tools, tmp_path, caplog
-) -> None:
+def test_disk_reserve_gets_out_of_resources(node_factory, tools, tmp_path, caplog) -> None:
     node = node_factory(receive={"min_free_disk_mb": 100_000_000})
     paths = tools.series_dir(tmp_path / "in", n_slices=2)
     with caplog.at_level(logging.WARNING, logger="node"):
-        assert (
-            tools.pynetdicom_send(paths, node.port) == [statuses.OUT_OF_RESOURCES] * 2
-        )
+        assert tools.pynetdicom_send(paths, node.port) == [statuses.OUT_OF_RESOURCES] * 2
     assert "disk nearly full" in caplog.text
     assert _files(node.config.data_dir) == []
 
@@ -220,9 +204,7 @@ def _big_instance(directory: Path) -> list[Path]:
     return write_series(directory, array, make_affine(), SeriesSpec())
 
 
-def test_io_error_gets_out_of_resources_and_leaves_no_partial_file(
-    tools, tmp_path
-) -> None:
+def test_io_error_gets_out_of_resources_and_leaves_no_partial_file(tools, tmp_path) -> None:
     """A real write error: the serve process may not write files over 1 MiB (RLIMIT_FSIZE)."""
     config_path = tools.write_config(tmp_path)
     limit = 1024 * 1024
@@ -255,13 +237,9 @@ def test_restart_indexes_files_the_database_lost(node_factory, tools, tmp_path) 
     series_uid = tools.uid_of(paths[0])
     lost_uid = tools.uid_of(paths[2], "SOPInstanceUID")
     with connected():  # what a power loss with synchronous=NORMAL may leave behind
-        ReceivedInstance.delete().where(
-            ReceivedInstance.sop_instance_uid == lost_uid
-        ).execute()
+        ReceivedInstance.delete().where(ReceivedInstance.sop_instance_uid == lost_uid).execute()
         ReceivedSeries.update(instance_count=2).execute()
-    series_dir = (
-        node.config.data_dir / "instances" / tools.uid_of(paths[0], "StudyInstanceUID")
-    )
+    series_dir = node.config.data_dir / "instances" / tools.uid_of(paths[0], "StudyInstanceUID")
     series_dir = series_dir / series_uid
     (series_dir / f".{lost_uid}.abc123.part").write_bytes(b"half a file")
     (series_dir / "1.2.3.4.5.dcm").write_bytes(b"not DICOM at all")

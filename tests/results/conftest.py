@@ -22,7 +22,6 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from inference.outputs import write_outputs
 from demo.synthetic.dicom_series import (
     ORIENTATIONS,
     SeriesSpec,
@@ -30,6 +29,7 @@ from demo.synthetic.dicom_series import (
     oblique_cosines,
     write_series,
 )
+from inference.outputs import write_outputs
 from inference.types import (
     Lesion,
     ModelProvenance,
@@ -40,9 +40,7 @@ from inference.types import (
 from storage.db import init_database
 
 WEIGHTS_SHA = hashlib.sha256(b"test weights").hexdigest()
-PROVENANCE = ModelProvenance(
-    name="test UNETR", version="9.9.9", weights_sha256=WEIGHTS_SHA
-)
+PROVENANCE = ModelProvenance(name="test UNETR", version="9.9.9", weights_sha256=WEIGHTS_SHA)
 
 
 @dataclass(frozen=True)
@@ -69,9 +67,7 @@ def build_case(
     **spec_fields: object,
 ) -> tuple[list[Path], SegmentationResult]:
     """Write a series with the given blobs and return its files and a matching result."""
-    row, col = (
-        oblique_cosines() if orientation == "oblique" else ORIENTATIONS[orientation]
-    )
+    row, col = oblique_cosines() if orientation == "oblique" else ORIENTATIONS[orientation]
     affine = make_affine(row, col, spacing, origin=(-20.0, -30.0, -15.0))
     labels = _ellipsoids(shape, blobs)
     image = 100.0 + 400.0 * (labels > 0)
@@ -79,9 +75,7 @@ def build_case(
     paths = write_series(out_dir, image, affine, spec)
     volume = volume_from_files(paths, image, affine)
     lesions = [measure(labels == n, n, affine) for n in range(1, len(blobs) + 1)]
-    return paths, SegmentationResult(
-        volume, labels, lesions, PROVENANCE, {"sliding_window": 1.0}
-    )
+    return paths, SegmentationResult(volume, labels, lesions, PROVENANCE, {"sliding_window": 1.0})
 
 
 def _ellipsoids(shape: tuple[int, int, int], blobs: tuple[Blob, ...]) -> np.ndarray:
@@ -89,16 +83,12 @@ def _ellipsoids(shape: tuple[int, int, int], blobs: tuple[Blob, ...]) -> np.ndar
     labels = np.zeros(shape, np.uint16)
     for number, blob in enumerate(blobs, start=1):
         (ci, cj, ck), (ri, rj, rk) = blob.centre, blob.radii
-        inside = ((i - ci) / ri) ** 2 + ((j - cj) / rj) ** 2 + (
-            (k - ck) / rk
-        ) ** 2 <= 1.0
+        inside = ((i - ci) / ri) ** 2 + ((j - cj) / rj) ** 2 + ((k - ck) / rk) ** 2 <= 1.0
         labels[inside & (labels == 0)] = number
     return labels
 
 
-def volume_from_files(
-    paths: list[Path], array: np.ndarray, affine: np.ndarray
-) -> Volume:
+def volume_from_files(paths: list[Path], array: np.ndarray, affine: np.ndarray) -> Volume:
     """The volume of a builder series with its known affine; slices matched by position."""
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
     first = headers[0]
@@ -108,9 +98,7 @@ def volume_from_files(
         for number, group in enumerate(first.PerFrameFunctionalGroupsSequence, start=1):
             position = group.PlanePositionSequence[0].ImagePositionPatient
             k = round((inverse @ [*map(float, position), 1.0])[2])
-            slices[k] = SourceSlice(
-                paths[0], first.SOPInstanceUID, first.SOPClassUID, number
-            )
+            slices[k] = SourceSlice(paths[0], first.SOPInstanceUID, first.SOPClassUID, number)
     else:
         for path, ds in zip(paths, headers):
             k = round((inverse @ [*map(float, ds.ImagePositionPatient), 1.0])[2])
@@ -157,14 +145,10 @@ def rasterise_roi(ds: Dataset, roi_number: int, volume: Volume) -> np.ndarray:
         points = np.asarray(contour.ContourData, float).reshape(-1, 3)
         ijk = (inverse @ np.column_stack([points, np.ones(len(points))]).T).T[:, :3]
         k = round(ijk[0, 2])
-        assert np.allclose(ijk[:, 2], k, atol=1e-3), (
-            "contour is not in the plane of a slice"
-        )
+        assert np.allclose(ijk[:, 2], k, atol=1e-3), "contour is not in the plane of a slice"
         planes.setdefault(k, []).append(np.rint(ijk[:, :2]).astype(np.int32))
     for k, polygons in planes.items():
-        plane = np.zeros(
-            (volume.array.shape[1], volume.array.shape[0]), np.uint8
-        )  # [row=j, col=i]
+        plane = np.zeros((volume.array.shape[1], volume.array.shape[0]), np.uint8)  # [row=j, col=i]
         cv2.fillPoly(plane, polygons, 1)
         mask[:, :, k] = plane.T.astype(bool)
     return mask

@@ -53,8 +53,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def orthanc_config(root: Path, dicom_port: int, http_port: int, node_ae: str, node_port: int,
-                   stable_age: int = 1) -> dict[str, Any]:  # fmt: skip
+def orthanc_config(
+    root: Path, dicom_port: int, http_port: int, node_ae: str, node_port: int, stable_age: int = 1
+) -> dict[str, Any]:
     return {
         "Name": "ai-node-test",
         "StorageDirectory": str(root / "storage"),
@@ -77,9 +78,7 @@ def orthanc_config(root: Path, dicom_port: int, http_port: int, node_ae: str, no
 class Orthanc:
     """Orthanc from the Debian package, on its own ports, in ``root``."""
 
-    def __init__(
-        self, root: Path, node_ae: str, node_port: int, stable_age: int = 1
-    ) -> None:
+    def __init__(self, root: Path, node_ae: str, node_port: int, stable_age: int = 1) -> None:
         self.root = root
         self.dicom_port, self.http_port = free_port(), free_port()
         self.config = orthanc_config(
@@ -90,9 +89,7 @@ class Orthanc:
     def __enter__(self) -> Self:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "route.lua").write_text(ROUTING_LUA, encoding="utf-8")
-        (self.root / "orthanc.json").write_text(
-            json.dumps(self.config, indent=2), encoding="utf-8"
-        )
+        (self.root / "orthanc.json").write_text(json.dumps(self.config, indent=2), encoding="utf-8")
         log = open(self.root / "orthanc.log", "wb")
         self.process = subprocess.Popen(
             [ORTHANC, str(self.root / "orthanc.json")], stdout=log, stderr=log
@@ -123,9 +120,7 @@ class Orthanc:
         raise TimeoutError("Orthanc did not answer /system")
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.http_port}{path}", timeout=10
-        ) as rsp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as rsp:
             body = rsp.read()
         return json.loads(body) if body[:1] in (b"{", b"[") else body
 
@@ -153,8 +148,7 @@ class Orthanc:
         found: dict[str, dict[str, Any]] = {}
         while time.time() < deadline:
             found = {
-                s["MainDicomTags"].get("Modality", ""): s
-                for s in self.series_of_study(study_uid)
+                s["MainDicomTags"].get("Modality", ""): s for s in self.series_of_study(study_uid)
             }
             if modalities <= set(found):
                 return found
@@ -181,9 +175,7 @@ class NodeProcess:
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.settings), encoding="utf-8")
         log = open(self.root / "node.log", "wb")
-        self.process = subprocess.Popen(
-            self.command("serve"), stdout=log, stderr=log, cwd=REPO
-        )
+        self.process = subprocess.Popen(self.command("serve"), stdout=log, stderr=log, cwd=REPO)
         _wait_port(int(self.settings["port"]), 60, self.process)
         return self
 
@@ -232,14 +224,15 @@ def _wait_port(port: int, timeout: float, process: subprocess.Popen[bytes]) -> N
     raise TimeoutError(f"ai-node serve does not listen on {port}")
 
 
-def storescu(
-    files: list[Path], called_ae: str, port: int, calling_ae: str = "SCANNER"
-) -> None:
+def storescu(files: list[Path], called_ae: str, port: int, calling_ae: str = "SCANNER") -> None:
     """Send files with dcmtk's storescu (the way a modality or a user would)."""
     tool = shutil.which("storescu")
     if tool is None:
         raise RuntimeError("dcmtk storescu is not installed")
     subprocess.run(
         [tool, "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port), *map(str, files)],
-        check=True, capture_output=True, timeout=300, env={**os.environ},
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ},
+    )

@@ -118,8 +118,9 @@ def test_send_to_dcmtk_storescp(
     received.mkdir()
     process = subprocess.Popen(
         [storescp, "-aet", "STORESCP", "--output-directory", str(received), str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_for_port(port)
         target = outbox.Target("STORESCP", "127.0.0.1", port)
@@ -222,10 +223,7 @@ def test_restart_resumes_an_interrupted_attempt(
     service.start()  # recovers, then sends in its thread
     try:
         deadline = time.time() + 20
-        while (
-            time.time() < deadline
-            and outbox.Delivery.get_by_id(claimed.id).state != outbox.SENT
-        ):
+        while time.time() < deadline and outbox.Delivery.get_by_id(claimed.id).state != outbox.SENT:
             time.sleep(0.1)
     finally:
         service.stop()
@@ -272,9 +270,7 @@ def test_destinations_from_configuration() -> None:
         outbox.Target("ORTHANC", "127.0.0.1", 4242, "reply_to_sender"),
         outbox.Target("ARCHIVE", "10.0.0.9", 104, "fixed"),
     ]
-    assert outbox.resolve_targets(cfg, "STRANGER") == [
-        outbox.Target("ARCHIVE", "10.0.0.9", 104)
-    ]
+    assert outbox.resolve_targets(cfg, "STRANGER") == [outbox.Target("ARCHIVE", "10.0.0.9", 104)]
     only_reply = NodeConfig.model_validate({})
     with pytest.raises(DeliveryError, match="STORESCU"):
         outbox.resolve_targets(only_reply, "STORESCU")

@@ -28,9 +28,7 @@ def test_record_and_report(
         accession_number="ACC9",
     )
     source = pydicom.dcmread(paths[0], stop_before_pixels=True)
-    run = followup.record_run(
-        source, PROVENANCE, result.lesions, job_id=4, timings={"load": 0.5}
-    )
+    run = followup.record_run(source, PROVENANCE, result.lesions, job_id=4, timings={"load": 0.5})
     report = followup.patient_report("PAT1")
     assert report is not None
     assert report["patient"] == {
@@ -56,9 +54,7 @@ def test_record_and_report(
     first = run_dict["lesions"][0]
     assert first["name"] == "Lesion 1"
     assert first["volume_mm3"] == pytest.approx(biggest.volume_mm3, abs=0.01)
-    assert first["centroid_lps_mm"] == pytest.approx(
-        list(biggest.centroid_lps_mm), abs=0.01
-    )
+    assert first["centroid_lps_mm"] == pytest.approx(list(biggest.centroid_lps_mm), abs=0.01)
     assert first["slice_range"] == [biggest.first_slice, biggest.last_slice]
     out = io.StringIO()
     print_report(report, out)
@@ -68,9 +64,7 @@ def test_record_and_report(
     args = argparse.Namespace(patient_id="PAT1", json=True)
     assert followup_show(args, config) == 0
     assert json.loads(capsys.readouterr().out) == report
-    assert (
-        followup_show(argparse.Namespace(patient_id="NOBODY", json=False), config) == 1
-    )
+    assert followup_show(argparse.Namespace(patient_id="NOBODY", json=False), config) == 1
 
 
 def test_rerun_replaces_lesions_other_model_adds_a_run(
@@ -87,9 +81,7 @@ def test_rerun_replaces_lesions_other_model_adds_a_run(
     )
     assert other.id != first.id
     assert followup.Lesion.select().count() == 2 + len(result.lesions)
-    assert (
-        followup.Patient.select().count() == 1 and followup.Series.select().count() == 1
-    )
+    assert followup.Patient.select().count() == 1 and followup.Series.select().count() == 1
     report = followup.patient_report("PAT2")
     assert report is not None
     assert [r["job_id"] for r in report["studies"][0]["series"][0]["runs"]] == [2, 3]

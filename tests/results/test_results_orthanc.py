@@ -33,12 +33,8 @@ from tests.results.harness import ORTHANC, NodeProcess, Orthanc, storescu
 
 pytestmark = [
     pytest.mark.orthanc,
-    pytest.mark.skipif(
-        not Path(ORTHANC).exists(), reason="Debian orthanc is not installed"
-    ),
-    pytest.mark.skipif(
-        shutil.which("storescu") is None, reason="dcmtk is not installed"
-    ),
+    pytest.mark.skipif(not Path(ORTHANC).exists(), reason="Debian orthanc is not installed"),
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed"),
 ]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,16 +69,18 @@ def node_settings(
 
 def tiny_model(root: Path) -> dict[str, Any]:
     model = {
-        "name": "tiny random UNETR", "version": "0.0.1", "weights": str(root / "tiny.pt"),
-        "unetr": TINY_UNETR, "preprocessing": {"spacing": [2.0, 2.0, 2.0]},
+        "name": "tiny random UNETR",
+        "version": "0.0.1",
+        "weights": str(root / "tiny.pt"),
+        "unetr": TINY_UNETR,
+        "preprocessing": {"spacing": [2.0, 2.0, 2.0]},
         "sliding_window": {"roi_size": [32, 32, 32], "sw_batch_size": 1},
-        "postprocessing": {"min_lesion_mm3": 0}, "precision": "fp32",
-    }  # fmt: skip
+        "postprocessing": {"min_lesion_mm3": 0},
+        "precision": "fp32",
+    }
     torch.manual_seed(0)
     torch.save(
-        build_unetr(
-            NodeConfig.model_validate({"model": model}).model.unetr
-        ).state_dict(),
+        build_unetr(NodeConfig.model_validate({"model": model}).model.unetr).state_dict(),
         root / "tiny.pt",
     )
     return model
@@ -118,25 +116,15 @@ def test_routing_round_trip(tmp_path: Path) -> None:
             except TimeoutError:
                 print(node.log()[-4000:])
                 raise
-            rtstruct = pydicom.dcmread(
-                io.BytesIO(orthanc.instance_file(found["RTSTRUCT"]))
-            )
+            rtstruct = pydicom.dcmread(io.BytesIO(orthanc.instance_file(found["RTSTRUCT"])))
             assert rtstruct.StudyInstanceUID == study_uid
-            study_ref = rtstruct.ReferencedFrameOfReferenceSequence[
-                0
-            ].RTReferencedStudySequence[0]
-            assert (
-                study_ref.RTReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
-            )
+            study_ref = rtstruct.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+            assert study_ref.RTReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
             assert "tiny random UNETR" in rtstruct.SeriesDescription
             status = _status(node)
-            assert [s["series_instance_uid"] for s in status["series"]] == [
-                series_uid
-            ]  # no loop
+            assert [s["series_instance_uid"] for s in status["series"]] == [series_uid]  # no loop
             assert {d["state"] for d in status["deliveries"]} == {"sent"}
-            assert {d["destination"].split("@")[0] for d in status["deliveries"]} == {
-                "ORTHANC"
-            }
+            assert {d["destination"].split("@")[0] for d in status["deliveries"]} == {"ORTHANC"}
             assert status["jobs"][0]["state"] == "succeeded"
             assert "sliding_window" in status["jobs"][0]["stage_timings"]
             shown = node.run("followup", "show", "ROUTE1", "--json")
@@ -147,13 +135,22 @@ def test_routing_round_trip(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not DEMO_WEIGHTS.exists(), reason="demo weights not committed yet")
 def test_demo_model_contours_land_on_the_lesions(tmp_path: Path) -> None:
-    from inference.lesions import find_lesions
     from demo.synthetic.case import CaseSpec, write_case
+    from inference.lesions import find_lesions
     from inference.volume import load_series
 
-    truth = write_case(tmp_path / "case", CaseSpec(seed=11, orientation="sagittal", slice_mm=2.0, fov_scale=0.85,
-                                                   n_lesions=(2, 3), diameter_range=(8.0, 20.0),
-                                                   patient_id="DEMO1"))  # fmt: skip
+    truth = write_case(
+        tmp_path / "case",
+        CaseSpec(
+            seed=11,
+            orientation="sagittal",
+            slice_mm=2.0,
+            fov_scale=0.85,
+            n_lesions=(2, 3),
+            diameter_range=(8.0, 20.0),
+            patient_id="DEMO1",
+        ),
+    )
     header = pydicom.dcmread(truth.dicom_paths[0], stop_before_pixels=True)
     model = {"weights": str(DEMO_WEIGHTS)}
     with Orthanc(tmp_path / "orthanc", "AINODE", port := free_port()) as orthanc:
@@ -161,9 +158,7 @@ def test_demo_model_contours_land_on_the_lesions(tmp_path: Path) -> None:
             tmp_path / "node", orthanc.dicom_port, model, ["rtstruct", "seg", "sr"]
         )
         settings["port"] = port
-        settings.pop(
-            "model"
-        )  # the default model of ae_config.yaml's schema: the demo UNETR
+        settings.pop("model")  # the default model of ae_config.yaml's schema: the demo UNETR
         default = yaml_model_section()
         settings["model"] = {**default, "weights": str(DEMO_WEIGHTS)}
         with NodeProcess(tmp_path / "node", settings) as node:
@@ -175,9 +170,7 @@ def test_demo_model_contours_land_on_the_lesions(tmp_path: Path) -> None:
             except TimeoutError:
                 print(node.log()[-4000:])
                 raise
-            rtstruct = pydicom.dcmread(
-                io.BytesIO(orthanc.instance_file(found["RTSTRUCT"]))
-            )
+            rtstruct = pydicom.dcmread(io.BytesIO(orthanc.instance_file(found["RTSTRUCT"])))
             volume = load_series(truth.dicom_paths)
             rois = [int(r.ROINumber) for r in rtstruct.StructureSetROISequence]
             masks = [rasterise_roi(rtstruct, n, volume) for n in rois]
@@ -185,13 +178,9 @@ def test_demo_model_contours_land_on_the_lesions(tmp_path: Path) -> None:
                 true_mask = truth.labels == number
                 best = max(dice(m, true_mask) for m in masks)
                 # demo model 0.3.0 on this case: 0.96, 0.83, 0.76 (the two ring lesions are drawn wider)
-                assert best >= 0.7, (
-                    f"truth lesion {number} ({lesion}) best Dice {best:.2f}"
-                )
+                assert best >= 0.7, f"truth lesion {number} ({lesion}) best Dice {best:.2f}"
             shown = node.run("followup", "show", "DEMO1", "--json")
-            lesions = json.loads(shown.stdout)["studies"][0]["series"][0]["runs"][0][
-                "lesions"
-            ]
+            lesions = json.loads(shown.stdout)["studies"][0]["series"][0]["runs"][0]["lesions"]
             # the truth measured the node's way: the same measurements of the true mask
             _, true_lesions = find_lesions(truth.labels > 0, volume.affine_lps, 0.0)
             assert len(true_lesions) == len(truth.lesions)
@@ -199,9 +188,7 @@ def test_demo_model_contours_land_on_the_lesions(tmp_path: Path) -> None:
                 centre = np.asarray(true.centroid_lps_mm)
                 nearest = min(
                     lesions,
-                    key=lambda m: np.linalg.norm(
-                        np.asarray(m["centroid_lps_mm"]) - centre
-                    ),
+                    key=lambda m: np.linalg.norm(np.asarray(m["centroid_lps_mm"]) - centre),
                 )
                 # geometry: within 1 mm of the true centroid (0.3.0: about 0.5 mm from the nominal centres)
                 assert np.linalg.norm(np.asarray(nearest["centroid_lps_mm"]) - centre) <= 1.0
@@ -209,8 +196,11 @@ def test_demo_model_contours_land_on_the_lesions(tmp_path: Path) -> None:
                 # measured with 0.3.0: volume 1.05x, 1.34x, 1.63x the truth (ring lesions drawn wider),
                 # diameters 0.2-2.4 mm longer
                 assert 0.8 * true.volume_mm3 <= nearest["volume_mm3"] <= 2.0 * true.volume_mm3
-                for key in ("longest_axial_diameter_mm", "perpendicular_axial_diameter_mm",
-                            "longest_3d_diameter_mm"):
+                for key in (
+                    "longest_axial_diameter_mm",
+                    "perpendicular_axial_diameter_mm",
+                    "longest_3d_diameter_mm",
+                ):
                     assert abs(nearest[key] - getattr(true, key)) <= 3.0, (key, nearest, true)
             # what the follow-up lists is what the PACS shows: ROI n's contours hold lesion n's volume
             voxel_mm3 = abs(float(np.linalg.det(volume.affine_lps[:3, :3])))

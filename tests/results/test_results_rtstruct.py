@@ -50,16 +50,12 @@ def test_rt_utils_reads_it_back_in_its_own_slice_order(tmp_path: Path) -> None:
     out = write_rtstruct(result, tmp_path / "rt.dcm")
     rt = RTStructBuilder.create_from(str(tmp_path / "series"), str(out))
     largest = max(result.lesions, key=lambda lesion: lesion.volume_mm3)
-    back = rt.get_roi_mask_by_name(
-        "Lesion 1"
-    )  # [row, col, slice ascending along normal]
+    back = rt.get_roi_mask_by_name("Lesion 1")  # [row, col, slice ascending along normal]
     assert dice(back.transpose(1, 0, 2), result.lesion_mask(largest.number)) >= 0.98
 
 
 def test_references_provenance_and_colours(tmp_path: Path) -> None:
-    paths, result = build_case(
-        tmp_path / "series", patient_id="PID-7", accession_number="A77"
-    )
+    paths, result = build_case(tmp_path / "series", patient_id="PID-7", accession_number="A77")
     ds = pydicom.dcmread(write_rtstruct(result, tmp_path / "rt.dcm"))
     volume = result.volume
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.3"
@@ -123,9 +119,7 @@ def test_multiframe_source_references_frames(tmp_path: Path) -> None:
 
 
 def test_no_lesion_gives_an_explicit_result(tmp_path: Path) -> None:
-    _, result = build_case(
-        tmp_path / "series", blobs=(), transfer_syntax=ExplicitVRLittleEndian
-    )
+    _, result = build_case(tmp_path / "series", blobs=(), transfer_syntax=ExplicitVRLittleEndian)
     assert result.lesions == [] and not result.labels.any()
     written = write_outputs(result, ["rtstruct", "seg", "sr"], tmp_path / "out")
     assert list(written.paths) == ["rtstruct", "sr"]  # a SEG needs a segment

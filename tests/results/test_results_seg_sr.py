@@ -14,21 +14,13 @@ from inference.outputs import write_outputs
 from tests.results.conftest import build_case
 
 
-def _seg_masks_in_volume_grid(
-    seg: hd.seg.Segmentation, result
-) -> dict[int, np.ndarray]:  # type: ignore[no-untyped-def]
+def _seg_masks_in_volume_grid(seg: hd.seg.Segmentation, result) -> dict[int, np.ndarray]:  # type: ignore[no-untyped-def]
     """Each segment back in the volume's [i, j, k] grid, placed by its frame's ImagePositionPatient."""
     inverse = np.linalg.inv(result.volume.affine_lps)
-    pixels = (
-        seg.pixel_array
-    )  # (frames, rows, columns, segments) or (frames, rows, columns)
-    out = {
-        n: np.zeros(result.volume.array.shape, bool) for n in seg.get_segment_numbers()
-    }
+    pixels = seg.pixel_array  # (frames, rows, columns, segments) or (frames, rows, columns)
+    out = {n: np.zeros(result.volume.array.shape, bool) for n in seg.get_segment_numbers()}
     for index, group in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        position = [
-            float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient
-        ]
+        position = [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
         ijk = inverse @ [*position, 1.0]
         assert np.allclose(ijk[:2], 0, atol=1e-3)
         k = round(ijk[2])
@@ -57,9 +49,7 @@ def test_seg_one_segment_per_lesion_in_place(
     assert seg.StudyInstanceUID == volume.study_instance_uid
     assert seg.SeriesInstanceUID != volume.series_instance_uid
     assert seg.FrameOfReferenceUID == volume.frame_of_reference_uid
-    assert (
-        seg.ReferencedSeriesSequence[0].SeriesInstanceUID == volume.series_instance_uid
-    )
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == volume.series_instance_uid
     referenced = {
         i.ReferencedSOPInstanceUID
         for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
@@ -73,9 +63,7 @@ def test_seg_one_segment_per_lesion_in_place(
         assert description.segment_label == f"Lesion {rank}"
         assert description.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
         assert description.algorithm_identification[0].AlgorithmName == "test UNETR"
-        assert np.array_equal(masks[rank], result.lesion_mask(lesion.number)), (
-            f"segment {rank}"
-        )
+        assert np.array_equal(masks[rank], result.lesion_mask(lesion.number)), f"segment {rank}"
     assert seg.DeviceSerialNumber == result.provenance.weights_sha256
     assert "NOT FOR DIAGNOSTIC USE" in seg.ContentDescription
     assert "test UNETR 9.9.9" in seg.SeriesDescription
@@ -103,10 +91,7 @@ def test_sr_measurements_reference_segments_and_images(tmp_path: Path) -> None:
             segment.referenced_segment_numbers == [rank]
             or segment.referenced_segment_numbers == rank
         )
-        images = {
-            i.referenced_sop_instance_uid
-            for i in segment.source_images_for_segmentation
-        }
+        images = {i.referenced_sop_instance_uid for i in segment.source_images_for_segmentation}
         assert images and images <= source_uids
         values = {m.name: m.value for m in group.get_measurements()}
         assert values[codes.SCT.Volume] == pytest.approx(lesion.volume_mm3, rel=1e-6)
@@ -116,9 +101,7 @@ def test_sr_measurements_reference_segments_and_images(tmp_path: Path) -> None:
         assert values[codes.SCT.ShortAxis] == pytest.approx(
             lesion.perpendicular_axial_diameter_mm, rel=1e-6
         )
-        assert values[codes.SCT.Diameter] == pytest.approx(
-            lesion.longest_3d_diameter_mm, rel=1e-6
-        )
+        assert values[codes.SCT.Diameter] == pytest.approx(lesion.longest_3d_diameter_mm, rel=1e-6)
     evidence = {
         i.ReferencedSOPInstanceUID
         for s in sr.CurrentRequestedProcedureEvidenceSequence
@@ -135,9 +118,7 @@ def test_sr_without_seg_still_references_segments(tmp_path: Path) -> None:
     written = write_outputs(result, ["sr"], tmp_path / "out").paths
     assert [p.name for p in written.values()] == ["sr.dcm"]
     sr = hd.sr.srread(written["sr"])
-    assert len(sr.content.get_volumetric_roi_measurement_groups()) == len(
-        result.lesions
-    )
+    assert len(sr.content.get_volumetric_roi_measurement_groups()) == len(result.lesions)
 
 
 def test_no_lesion_sr_says_lesion_absent(tmp_path: Path) -> None:

@@ -23,8 +23,12 @@ from tests.results.conftest import build_case
 from tests.results.test_results_delivery import RecordingSCP
 
 TINY_UNETR = {
-    "img_size": [32, 32, 32], "feature_size": 4, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4,
-}  # fmt: skip
+    "img_size": [32, 32, 32],
+    "feature_size": 4,
+    "hidden_size": 48,
+    "mlp_dim": 96,
+    "num_heads": 4,
+}
 
 
 def _config(tmp_path: Path, destinations: list[dict[str, object]]) -> NodeConfig:
@@ -34,49 +38,57 @@ def _config(tmp_path: Path, destinations: list[dict[str, object]]) -> NodeConfig
         "destinations": destinations,
         "outputs": ["rtstruct", "seg", "sr"],
         "model": {
-            "name": "tiny random UNETR", "version": "0.0.1", "weights": str(weights),
+            "name": "tiny random UNETR",
+            "version": "0.0.1",
+            "weights": str(weights),
             "unetr": TINY_UNETR,
             "preprocessing": {"spacing": [2.0, 2.0, 2.0]},
             "sliding_window": {"roi_size": [32, 32, 32], "sw_batch_size": 1},
             "postprocessing": {"min_lesion_mm3": 0},
             "precision": "fp32",
         },
-    }  # fmt: skip
+    }
     config = NodeConfig.model_validate(raw)
     torch.manual_seed(0)
     torch.save(build_unetr(config.model.unetr).state_dict(), weights)
     return config
 
 
-def _context(
-    config: NodeConfig, paths: list[Path], calling_ae: str = "SCANNER"
-) -> JobContext:
+def _context(config: NodeConfig, paths: list[Path], calling_ae: str = "SCANNER") -> JobContext:
     header = pydicom.dcmread(paths[0], stop_before_pixels=True)
     now = time.time()
     series = ReceivedSeries.create(
-        series_instance_uid=header.SeriesInstanceUID, study_instance_uid=header.StudyInstanceUID,
-        sop_class_uid=header.SOPClassUID, first_received_at=now, last_received_at=now, idle_since=now,
-    )  # fmt: skip
+        series_instance_uid=header.SeriesInstanceUID,
+        study_instance_uid=header.StudyInstanceUID,
+        sop_class_uid=header.SOPClassUID,
+        first_received_at=now,
+        last_received_at=now,
+        idle_since=now,
+    )
     job = Job.create(
-        series=series, series_instance_uid=header.SeriesInstanceUID,
-        study_instance_uid=header.StudyInstanceUID, calling_ae_title=calling_ae, created_at=now,
-    )  # fmt: skip
+        series=series,
+        series_instance_uid=header.SeriesInstanceUID,
+        study_instance_uid=header.StudyInstanceUID,
+        calling_ae_title=calling_ae,
+        created_at=now,
+    )
     work_dir = config.data_dir / "jobs" / str(job.id)
     work_dir.mkdir(parents=True)
     return JobContext(
-        job.id, header.SeriesInstanceUID, header.StudyInstanceUID, calling_ae,
-        tuple(paths), config, work_dir,
-    )  # fmt: skip
+        job.id,
+        header.SeriesInstanceUID,
+        header.StudyInstanceUID,
+        calling_ae,
+        tuple(paths),
+        config,
+        work_dir,
+    )
 
 
-def test_segment_job_writes_records_and_queues(
-    tmp_path: Path, node_db: peewee.Database
-) -> None:
+def test_segment_job_writes_records_and_queues(tmp_path: Path, node_db: peewee.Database) -> None:
     scp = RecordingSCP()
     try:
-        config = _config(
-            tmp_path, [{"ae_title": "DEST", "host": "127.0.0.1", "port": scp.port}]
-        )
+        config = _config(tmp_path, [{"ae_title": "DEST", "host": "127.0.0.1", "port": scp.port}])
         paths, _ = build_case(tmp_path / "series", patient_id="TASK1")
         context = _context(config, paths)
         segment_job(context)
@@ -91,23 +103,16 @@ def test_segment_job_writes_records_and_queues(
             "enqueue",
         ):
             assert stage in timings, stage
-        run = followup.SegmentationRun.get(
-            followup.SegmentationRun.job_id == context.job_id
-        )
+        run = followup.SegmentationRun.get(followup.SegmentationRun.job_id == context.job_id)
         assert run.model_name == "tiny random UNETR" and len(run.weights_sha256) == 64
         assert (
-            followup.Lesion.select().where(followup.Lesion.run == run).count()
-            == run.lesion_count
+            followup.Lesion.select().where(followup.Lesion.run == run).count() == run.lesion_count
         )
         written = sorted(p.name for p in context.work_dir.glob("*.dcm"))
         assert "rtstruct.dcm" in written and "sr.dcm" in written
-        deliveries = list(
-            outbox.Delivery.select().where(outbox.Delivery.job_id == context.job_id)
-        )
+        deliveries = list(outbox.Delivery.select().where(outbox.Delivery.job_id == context.job_id))
         assert sorted(Path(d.path).name for d in deliveries) == written
-        assert {d.source_series_instance_uid for d in deliveries} == {
-            context.series_instance_uid
-        }
+        assert {d.source_series_instance_uid for d in deliveries} == {context.series_instance_uid}
 
         segment_job(context)  # a worker that died after queueing: nothing is sent twice
         assert outbox.Delivery.select().count() == len(deliveries)
@@ -115,9 +120,7 @@ def test_segment_job_writes_records_and_queues(
         DeliveryService(config).run_once()
         assert {d.state for d in outbox.Delivery.select()} == {outbox.SENT}
         rtstruct = next(ds for ds in scp.received if ds.Modality == "RTSTRUCT")
-        referenced = rtstruct.ReferencedFrameOfReferenceSequence[
-            0
-        ].RTReferencedStudySequence[0]
+        referenced = rtstruct.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
         assert (
             referenced.RTReferencedSeriesSequence[0].SeriesInstanceUID
             == context.series_instance_uid
@@ -130,9 +133,7 @@ def test_segment_job_writes_records_and_queues(
 def test_no_destination_fails_after_keeping_the_results(
     tmp_path: Path, node_db: peewee.Database
 ) -> None:
-    config = _config(
-        tmp_path, [{"reply_to_sender": True}]
-    )  # no peers: the sender is unknown
+    config = _config(tmp_path, [{"reply_to_sender": True}])  # no peers: the sender is unknown
     paths, _ = build_case(tmp_path / "series", patient_id="TASK2")
     context = _context(config, paths, calling_ae="STORESCU")
     with pytest.raises(DeliveryError, match="STORESCU"):
@@ -142,9 +143,7 @@ def test_no_destination_fails_after_keeping_the_results(
     assert outbox.Delivery.select().count() == 0
 
 
-def test_untrustworthy_series_fails_with_a_reason(
-    tmp_path: Path, node_db: peewee.Database
-) -> None:
+def test_untrustworthy_series_fails_with_a_reason(tmp_path: Path, node_db: peewee.Database) -> None:
     config = _config(tmp_path, [{"ae_title": "DEST", "host": "127.0.0.1", "port": 104}])
     paths, _ = build_case(tmp_path / "series", shape=(48, 40, 18))
     context = _context(config, paths[:1])  # one slice is not a volume
