@@ -186,19 +186,48 @@ def _frame(
             raise SeriesGeometryError(
                 f"{where}: missing {key}; the image cannot be placed in patient space"
             )
-    spacing = tuple(float(v) for v in measures.PixelSpacing)
-    if len(spacing) != 2 or min(spacing) <= 0:
+    spacing = _finite(where, "PixelSpacing", measures.PixelSpacing, 2)
+    if min(spacing) <= 0:
         raise SeriesGeometryError(f"{where}: invalid PixelSpacing {list(measures.PixelSpacing)}")
     return Frame(
         source=source,
         dataset=ds,
-        position=np.asarray([float(v) for v in position.ImagePositionPatient]),
-        orientation=np.asarray([float(v) for v in orientation.ImageOrientationPatient]),
+        position=np.asarray(
+            _finite(where, "ImagePositionPatient", position.ImagePositionPatient, 3)
+        ),
+        orientation=np.asarray(
+            _finite(where, "ImageOrientationPatient", orientation.ImageOrientationPatient, 6)
+        ),
         pixel_spacing=spacing,  # type: ignore[arg-type]
         slope=float(transform.get("RescaleSlope", 1.0) or 1.0),
         intercept=float(transform.get("RescaleIntercept", 0.0) or 0.0),
         shape=(int(ds.Rows), int(ds.Columns)),
     )
+
+
+def _finite(where: str, keyword: str, value: object, count: int) -> tuple[float, ...]:
+    """The element's values as floats; refused unless there are ``count`` of them, all finite.
+
+    A NaN position otherwise sorts anywhere and yields a NaN affine (a job that
+    "succeeds" with outputs in no place); an infinite spacing fails deep inside
+    the resampling with an internal error.
+    """
+    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    try:
+        numbers = tuple(float(v) for v in items)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise SeriesGeometryError(f"{where}: {keyword} {items} is not numeric") from exc
+    if len(numbers) != count:
+        raise SeriesGeometryError(
+            f"{where}: {keyword} has {len(numbers)} value(s) {list(numbers)}, {count} are needed"
+        )
+    bad = [v for v in numbers if not np.isfinite(v)]
+    if bad:
+        raise SeriesGeometryError(
+            f"{where}: {keyword} {list(numbers)} holds a non-finite value ({bad[0]}); "
+            "the image cannot be placed in patient space"
+        )
+    return numbers
 
 
 def _check_consistent(frames: list[Frame]) -> None:

@@ -3,6 +3,7 @@ and a clear reason for every series that cannot be trusted."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +204,32 @@ def test_two_series_and_duplicates_and_non_dicom(tmp_path: Path) -> None:
     junk.write_bytes(b"not dicom at all")
     with pytest.raises(SeriesGeometryError, match="junk.dcm: not a readable DICOM file"):
         load_series(a + [junk])
+
+
+def _rewrite_raw(path: Path, keyword: str, text: str) -> None:
+    """Store ``text`` (backslash-separated) in a DS element as a faulty writer would."""
+    ds = pydicom.dcmread(path)
+    with warnings.catch_warnings():  # pydicom warns that NaN/inf are not valid DS; we want them
+        warnings.simplefilter("ignore")
+        ds[keyword].value = text
+        ds.save_as(path)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "text", "bad"),
+    [
+        ("ImagePositionPatient", "-10.0\\NaN\\4.0", "nan"),
+        ("ImagePositionPatient", "-10.0\\-20.0\\inf", "inf"),
+        ("PixelSpacing", "inf\\1.0", "inf"),
+        ("PixelSpacing", "1.0\\NaN", "nan"),
+        ("ImageOrientationPatient", "1\\0\\0\\0\\NaN\\0", "nan"),
+    ],
+)
+def test_non_finite_geometry_is_refused_and_named(
+    tmp_path: Path, keyword: str, text: str, bad: str
+) -> None:
+    """Issue 11 defect 5: a NaN position gave a job that succeeded, an inf spacing an internal error."""
+    paths = small_series(tmp_path, n_slices=6)
+    _rewrite_raw(paths[3], keyword, text)
+    with pytest.raises(SeriesGeometryError, match=rf"{keyword} .*non-finite value \({bad}\)"):
+        load_series(paths)
