@@ -196,6 +196,28 @@ class Worker(_Section):
     max_attempts: int = Field(default=3, ge=1)
 
 
+UID_ROOT_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")  # PS3.5 9.1, no trailing dot
+
+
+class Dicom(_Section):
+    """How the DICOM outputs are identified and laid out."""
+
+    #: the organisation's UID root for new UIDs; at most 24 characters, so a generated
+    #: UID keeps 39 random digits within 64; unset: UUID-derived "2.25." UIDs
+    uid_root: str | None = Field(default=None, max_length=24)
+    #: write every SEG frame, empty ones too (some viewers misplace sparse SEGs' overlays)
+    seg_keep_empty_frames: bool = False
+
+    @field_validator("uid_root")
+    @classmethod
+    def _uid_root(cls, v: str | None) -> str | None:
+        if v is not None and not UID_ROOT_RE.match(v):
+            raise ValueError(
+                f"{v!r} is not a UID root: digits and dots, no leading zero, no trailing dot"
+            )
+        return v
+
+
 class NodeConfig(_Section):
     """The whole of ``ae_config.yaml``."""
 
@@ -212,6 +234,7 @@ class NodeConfig(_Section):
     delivery: Delivery = Delivery()
     model: Model = Model()
     outputs: tuple[OutputKind, ...] = ("rtstruct",)
+    dicom: Dicom = Dicom()
     worker: Worker = Worker()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     source: Path | None = Field(default=None, exclude=True)

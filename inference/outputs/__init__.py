@@ -1,8 +1,14 @@
 """DICOM results of a segmentation: RT-Struct (rt-utils), SEG and SR (highdicom).
 
-    from inference.outputs import write_outputs
-    written = write_outputs(result, kinds=config.outputs, out_dir=work_dir)
+    from inference.outputs import OutputOptions, write_outputs
+    options = OutputOptions.from_config(config.dicom, data_dir=config.data_dir)
+    written = write_outputs(result, kinds=config.outputs, out_dir=work_dir, options=options)
     written.paths  # {"rtstruct": Path, ...}; written.failed: {"seg": "reason", ...}
+
+``options`` (:class:`OutputOptions`, from ``dicom:``) carries the UID root, the
+installation's device UID and the SEG layout; without it the writers use
+``2.25.`` UIDs, a device UID derived from the weights, and sparse SEGs.  The
+offline ``ai-node segment`` has no data folder: ``OutputOptions.from_config(config.dicom)``.
 
 Each object is a new series in the source study, names the model that made it
 and says it is not for diagnostic use unless the model is validated (see
@@ -23,13 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.errors import NodeError
-from inference.outputs.provenance import read_source_headers, save_durably
+from inference.outputs.provenance import OutputOptions, read_source_headers, save_durably
 from inference.outputs.rtstruct import write_rtstruct
 from inference.outputs.seg import build_seg
 from inference.outputs.sr import build_sr
 from inference.types import SegmentationResult
 
 LOGGER = logging.getLogger(__name__)
+
+__all__ = ["FILE_NAMES", "KINDS", "OutputOptions", "WrittenOutputs", "write_outputs"]
 
 KINDS = ("rtstruct", "seg", "sr")
 FILE_NAMES = {"rtstruct": "rtstruct.dcm", "seg": "seg.dcm", "sr": "sr.dcm"}
@@ -45,7 +53,11 @@ class WrittenOutputs:
 
 
 def write_outputs(
-    result: SegmentationResult, kinds: Iterable[str], out_dir: Path
+    result: SegmentationResult,
+    kinds: Iterable[str],
+    out_dir: Path,
+    *,
+    options: OutputOptions | None = None,
 ) -> WrittenOutputs:
     """Write the requested DICOM objects into ``out_dir``, each on its own.
 
@@ -58,17 +70,20 @@ def write_outputs(
     if unknown:
         raise ValueError(f"unknown output kind(s) {sorted(unknown)}; choose from {KINDS}")
     wanted = [kind for kind in KINDS if kind in set(kinds)]
+    options = (options or OutputOptions()).for_model(result.provenance)
     out_dir = Path(out_dir)
     written = WrittenOutputs()
     if "rtstruct" in wanted:
         _attempt(
-            written, "rtstruct", lambda: write_rtstruct(result, out_dir / FILE_NAMES["rtstruct"])
+            written,
+            "rtstruct",
+            lambda: write_rtstruct(result, out_dir / FILE_NAMES["rtstruct"], options),
         )
     if "seg" not in wanted and "sr" not in wanted:
         return written
     try:
         headers = read_source_headers(result.volume)
-        seg = build_seg(result, headers) if result.lesions else None
+        seg = build_seg(result, headers, options) if result.lesions else None
     except Exception as exc:  # noqa: BLE001 - each output fails on its own
         for kind in ("seg", "sr"):
             if kind in wanted:
@@ -86,7 +101,9 @@ def write_outputs(
         _attempt(
             written,
             "sr",
-            lambda: save_durably(build_sr(result, headers, seg), out_dir / FILE_NAMES["sr"]),
+            lambda: save_durably(
+                build_sr(result, headers, seg, options), out_dir / FILE_NAMES["sr"]
+            ),
         )
     return written
 

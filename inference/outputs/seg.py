@@ -5,6 +5,12 @@ first), BINARY, derived from the source images (each frame of the SEG points at
 its source image or source frame).  A series with no lesion gets no SEG: a
 segmentation needs at least one segment; the RT-Struct and the SR say
 "NO LESION FOUND" instead.
+
+Frames that hold no lesion are left out (highdicom's default) unless
+``dicom.seg_keep_empty_frames`` is set: then every source frame has a frame per
+segment, which viewers that place overlays by frame index (OHIF) need.
+``ContentDescription`` is the short disclaimer and model (whole words, 64
+characters); the long one is in the contributing equipment's description.
 """
 
 from __future__ import annotations
@@ -15,15 +21,18 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 
 from config.errors import InferenceError
 from inference.outputs.provenance import (
     MANUFACTURER,
+    OutputOptions,
     apply_equipment,
     lesion_colour,
     lesions_by_size,
+    new_uid,
     series_description,
+    short_disclaimer,
     software_versions,
 )
 from inference.types import SegmentationResult
@@ -33,8 +42,11 @@ LOGGER = logging.getLogger(__name__)
 SERIES_NUMBER = 9002
 
 
-def build_seg(result: SegmentationResult, source_images: list[Dataset]) -> hd.seg.Segmentation:
+def build_seg(
+    result: SegmentationResult, source_images: list[Dataset], options: OutputOptions | None = None
+) -> hd.seg.Segmentation:
     """The Segmentation of ``result``; raises :class:`InferenceError` when there is no lesion."""
+    options = (options or OutputOptions()).for_model(result.provenance)
     ranked = lesions_by_size(result)
     if not ranked:
         raise InferenceError("a DICOM SEG needs at least one lesion")
@@ -63,20 +75,21 @@ def build_seg(result: SegmentationResult, source_images: list[Dataset]) -> hd.se
         pixel_array=_frames(result, source_images),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(),
+        series_instance_uid=new_uid(options),
         series_number=SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
+        sop_instance_uid=new_uid(options),
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=provenance.name[:64],
         software_versions=software_versions(provenance)[0],
         device_serial_number=provenance.weights_sha256[:64] or "unknown",
-        content_description=provenance.disclaimer[:64],
+        content_description=short_disclaimer(provenance),
         content_label="AI_METS",
         series_description=series_description(provenance, "SEG", len(ranked)),
         transfer_syntax_uid=ExplicitVRLittleEndian,
+        omit_empty_frames=not options.seg_keep_empty_frames,
     )
-    apply_equipment(seg, provenance)
+    apply_equipment(seg, provenance, options)
     return seg
 
 

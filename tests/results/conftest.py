@@ -20,6 +20,7 @@ import numpy as np
 import peewee
 import pydicom
 import pytest
+from matplotlib.path import Path as MplPath
 from pydicom.dataset import Dataset
 
 from demo.synthetic.dicom_series import (
@@ -151,6 +152,48 @@ def rasterise_roi(ds: Dataset, roi_number: int, volume: Volume) -> np.ndarray:
         plane = np.zeros((volume.array.shape[1], volume.array.shape[0]), np.uint8)  # [row=j, col=i]
         cv2.fillPoly(plane, polygons, 1)
         mask[:, :, k] = plane.T.astype(bool)
+    return mask
+
+
+def contour_polygons(ds: Dataset, roi_number: int, volume: Volume) -> dict[int, list[np.ndarray]]:
+    """Each contour of one ROI as an ``(n, 2)`` polygon in ``[i, j]`` of slice ``k``, by ``k``."""
+    inverse = np.linalg.inv(volume.affine_lps)
+    item = next(c for c in ds.ROIContourSequence if int(c.ReferencedROINumber) == roi_number)
+    planes: dict[int, list[np.ndarray]] = {}
+    for contour in item.get("ContourSequence", []):
+        assert contour.ContourGeometricType == "CLOSED_PLANAR"
+        points = np.asarray(contour.ContourData, float).reshape(-1, 3)
+        assert len(points) == int(contour.NumberOfContourPoints)
+        ijk = (inverse @ np.column_stack([points, np.ones(len(points))]).T).T[:, :3]
+        k = round(ijk[0, 2])
+        assert np.allclose(ijk[:, 2], k, atol=1e-3), "contour is not in the plane of a slice"
+        planes.setdefault(k, []).append(ijk[:, :2])
+    return planes
+
+
+def polygon_area(polygon: np.ndarray) -> float:
+    """Unsigned shoelace area of an ``(n, 2)`` polygon."""
+    x, y = polygon[:, 0], polygon[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def fill_centres(shape: tuple[int, int], polygons: list[np.ndarray]) -> np.ndarray:
+    """Union of the polygons, sampled at pixel centres with matplotlib (not OpenCV, not rt-utils):
+    what a system that fills each contour and takes the union of a plane's contours shows."""
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    centres = np.column_stack([x.ravel(), y.ravel()])
+    plane = np.zeros(shape, bool)
+    for polygon in polygons:
+        path = MplPath(np.vstack([polygon, polygon[:1]]), closed=True)
+        plane |= path.contains_points(centres).reshape(shape)
+    return plane
+
+
+def rasterise_roi_centres(ds: Dataset, roi_number: int, volume: Volume) -> np.ndarray:
+    """One ROI in the volume's grid by :func:`fill_centres`, an independent rasteriser."""
+    mask = np.zeros(volume.array.shape, bool)
+    for k, polygons in contour_polygons(ds, roi_number, volume).items():
+        mask[:, :, k] = fill_centres(mask.shape[:2], polygons)
     return mask
 
 
