@@ -15,7 +15,8 @@ segment and, through it, the source images, with:
 The algorithm (model name, version, weights SHA-256) is identified in every
 group.  With no lesion, the report holds one TID 1501 group "NO LESION FOUND"
 whose qualitative evaluation is Lesion (SCT 52988006) = Absent (SCT 2667000),
-its image library lists the source images, and its
+its image library lists the source images (single-frame sources; an enhanced
+source is in the evidence sequence only), and its
 SeriesDescription says "0 lesions".
 
 Unless the model is validated for clinical use, the document itself says so:
@@ -88,7 +89,7 @@ def build_sr(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=MR_BRAIN,
         imaging_measurements=groups,
-        referenced_images=None if ranked else source_images,
+        referenced_images=None if ranked or _multiframe(source_images) else source_images,
     )
     if not provenance.validated_for_clinical_use:
         _add_disclaimer(report, provenance.disclaimer)
@@ -108,6 +109,12 @@ def build_sr(
     )
     apply_equipment(sr, provenance, options)
     return sr
+
+
+def _multiframe(images: list[Dataset]) -> bool:
+    """highdicom's image library describes single-frame geometry only (TID 1604): an
+    enhanced source is referenced by the evidence sequence alone."""
+    return any("PerFrameFunctionalGroupsSequence" in image for image in images)
 
 
 def _add_disclaimer(report: hd.sr.MeasurementReport, disclaimer: str) -> None:
