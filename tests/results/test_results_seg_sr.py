@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pydantic
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from inference.outputs import write_outputs
-from tests.results.conftest import build_case
+from config.errors import InferenceError
+from config.schema import Dicom, NodeConfig
+from inference.outputs import OutputOptions, write_outputs
+from inference.outputs.provenance import DEVICE_UID_FILE, series_description, short_disclaimer
+from inference.types import ModelProvenance
+from tests.results.conftest import PROVENANCE, build_case
 
 
 def _seg_masks_in_volume_grid(seg: hd.seg.Segmentation, result) -> dict[int, np.ndarray]:  # type: ignore[no-untyped-def]
@@ -65,8 +72,14 @@ def test_seg_one_segment_per_lesion_in_place(
         assert description.algorithm_identification[0].AlgorithmName == "test UNETR"
         assert np.array_equal(masks[rank], result.lesion_mask(lesion.number)), f"segment {rank}"
     assert seg.DeviceSerialNumber == result.provenance.weights_sha256
-    assert "NOT FOR DIAGNOSTIC USE" in seg.ContentDescription
-    assert "test UNETR 9.9.9" in seg.SeriesDescription
+    assert seg.ContentDescription == "NOT FOR DIAGNOSTIC USE: test UNETR 9.9.9"
+    assert seg.SeriesDescription == "SEG: 3 lesions, NOT FOR DIAGNOSTIC USE, test UNETR 9.9.9"
+    (equipment,) = seg.ContributingEquipmentSequence
+    assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"  # Processing
+    assert equipment.Manufacturer == "ai-node" and equipment.ManufacturerModelName == "test UNETR"
+    assert equipment.DeviceSerialNumber == result.provenance.weights_sha256
+    assert equipment.DeviceUID == seg.InstanceCreatorUID
+    assert result.provenance.weights_sha256[:16] in equipment.ContributionDescription
 
 
 def test_sr_measurements_reference_segments_and_images(tmp_path: Path) -> None:
@@ -129,3 +142,118 @@ def test_no_lesion_sr_says_lesion_absent(tmp_path: Path) -> None:
     (group,) = sr.content.get_image_measurement_groups()
     (evaluation,) = group.get_qualitative_evaluations()
     assert evaluation.name == codes.SCT.Lesion and evaluation.value.value == "2667000"
+
+
+def test_seg_keeps_empty_frames_when_asked(tmp_path: Path) -> None:
+    _, result = build_case(tmp_path / "series", orientation="oblique", reverse_order=True)
+    options = OutputOptions(seg_keep_empty_frames=True)
+    sparse = hd.seg.segread(write_outputs(result, ["seg"], tmp_path / "a").paths["seg"])
+    full_path = write_outputs(result, ["seg"], tmp_path / "b", options=options).paths["seg"]
+    full = hd.seg.segread(full_path)
+    slices, segments = result.volume.array.shape[2], len(result.lesions)
+    assert int(full.NumberOfFrames) == slices * segments
+    assert int(sparse.NumberOfFrames) < slices * segments
+    masks = _seg_masks_in_volume_grid(full, result)
+    by_size = sorted(result.lesions, key=lambda lesion: -lesion.volume_mm3)
+    for rank, lesion in enumerate(by_size, start=1):
+        assert np.array_equal(masks[rank], result.lesion_mask(lesion.number))
+
+
+def test_descriptions_fit_64_characters_in_whole_words() -> None:
+    long = ModelProvenance("a rather long model name for metastases", "10.20.30-rc1", "ab" * 32)
+    for count in (0, 1, 12, 345):
+        text = series_description(long, "RTSTRUCT", count)
+        assert len(text) <= 64 and "NOT FOR DIAGNOSTIC USE" in text
+        assert text.startswith(f"RTSTRUCT: {count} lesion")
+        noun = "lesion" if count == 1 else "lesions"
+        full = f"RTSTRUCT: {count} {noun}, NOT FOR DIAGNOSTIC USE, {long.name} {long.version}"
+        assert full.startswith(text) and full[len(text)] in " ,"  # cut between words
+    content = short_disclaimer(long)
+    assert len(content) <= 64 and content.startswith("NOT FOR DIAGNOSTIC USE: a rather")
+    assert f"{content} " in f"NOT FOR DIAGNOSTIC USE: {long.name} {long.version} "
+    validated = dataclasses.replace(long, validated_for_clinical_use=True)
+    assert "NOT FOR DIAGNOSTIC USE" not in series_description(validated, "SR", 2)
+    assert series_description(PROVENANCE, "SR", 1) == (
+        "SR: 1 lesion, NOT FOR DIAGNOSTIC USE, test UNETR 9.9.9"
+    )
+
+
+def _sr_texts(sr: hd.sr.Comprehensive3DSR) -> list[str]:
+    found = []
+
+    def walk(items: pydicom.Sequence) -> None:
+        for item in items:
+            if item.ValueType == "TEXT":
+                found.append(str(item.TextValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return found
+
+
+def test_sr_says_not_for_diagnostic_use_and_gives_confidence(tmp_path: Path) -> None:
+    _, result = build_case(tmp_path / "series")
+    peaks = [0.91, None, 0.998]
+    lesions = [dataclasses.replace(m, peak_probability=p) for m, p in zip(result.lesions, peaks)]
+    result = dataclasses.replace(result, lesions=lesions)
+    sr = hd.sr.srread(write_outputs(result, ["sr"], tmp_path / "out").paths["sr"])
+    assert any(t.startswith("NOT FOR DIAGNOSTIC USE") for t in _sr_texts(sr))
+    by_size = sorted(lesions, key=lambda lesion: -lesion.volume_mm3)
+    for group, lesion in zip(sr.content.get_volumetric_roi_measurement_groups(), by_size):
+        found = group.get_measurements(name=codes.DCM.CertaintyOfFinding)
+        if lesion.peak_probability is None:
+            assert found == []
+        else:
+            assert found[0].value == pytest.approx(100 * lesion.peak_probability)
+            assert found[0].unit == codes.UCUM.Percent
+    validated = dataclasses.replace(PROVENANCE, validated_for_clinical_use=True)
+    result = dataclasses.replace(result, provenance=validated)
+    sr = hd.sr.srread(write_outputs(result, ["sr"], tmp_path / "validated").paths["sr"])
+    assert not any("NOT FOR DIAGNOSTIC USE" in t for t in _sr_texts(sr))
+
+
+def _observer_uid(path: Path) -> str:
+    sr = pydicom.dcmread(path)
+    items = [sr]
+    while items:
+        item = items.pop()
+        if (
+            item.get("ValueType") == "UIDREF"
+            and item.ConceptNameCodeSequence[0].CodeValue == "121012"
+        ):
+            return str(item.UID)  # Device Observer UID
+        items.extend(item.get("ContentSequence", []))
+    raise AssertionError("no Device Observer UID")
+
+
+def test_device_uid_is_made_once_per_installation(tmp_path: Path) -> None:
+    _, result = build_case(tmp_path / "series")
+    data_dir = tmp_path / "data"
+    dicom = Dicom(uid_root="1.2.826.0.1.3680043.10")
+    first = OutputOptions.from_config(dicom, data_dir=data_dir)
+    assert (data_dir / DEVICE_UID_FILE).stat().st_mode & 0o777 == 0o600
+    assert first.device_uid and first.device_uid.startswith("1.2.826.0.1.3680043.10.")
+    assert OutputOptions.from_config(dicom, data_dir=data_dir) == first  # read back
+    uids = [
+        _observer_uid(write_outputs(result, ["sr"], tmp_path / n, options=first).paths["sr"])
+        for n in ("a", "b")
+    ]
+    assert uids == [first.device_uid] * 2
+    # no data folder (ai-node segment): derived from the root and the weights, so stable too
+    offline = [
+        _observer_uid(write_outputs(result, ["sr"], tmp_path / n).paths["sr"]) for n in ("c", "d")
+    ]
+    assert offline[0] == offline[1] and offline[0].startswith("2.25.")
+    (data_dir / DEVICE_UID_FILE).write_text("not a uid")
+    with pytest.raises(InferenceError, match="not a UID"):
+        OutputOptions.from_config(dicom, data_dir=data_dir)
+    assert not [p for p in os.listdir(data_dir) if p.startswith(".")]  # no draft left
+
+
+@pytest.mark.parametrize(
+    "root", ["1.2.840.01", "1.2.", "1..2", "abc", "1.2.3.4.5.6.7.8.9.10.11.12"]
+)
+def test_uid_root_is_validated(root: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match="uid_root"):
+        NodeConfig.model_validate({"dicom": {"uid_root": root}})
+    assert NodeConfig().dicom == Dicom(uid_root=None, seg_keep_empty_frames=False)
