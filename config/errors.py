@@ -11,6 +11,7 @@ worker or a handler can catch the whole tree, record the reason and carry on::
     │   ├── SeriesGeometryError  the series cannot be trusted as a volume
     │   └── ModelLoadError       weights that do not fit the configured network
     └── DeliveryError     a result could not be sent to a destination
+        └── NoDestinationError  results kept: no destination is configured for them
 
 Lower-layer exceptions (OSError, peewee, pydicom, torch) are translated at the
 boundary with ``raise ... from exc`` so the reason stays readable.
@@ -49,3 +50,7 @@ class ModelLoadError(InferenceError):
 
 class DeliveryError(NodeError):
     """A result could not be delivered to a destination."""
+
+
+class NoDestinationError(DeliveryError):
+    """The results were written and kept, but no destination is configured for them."""

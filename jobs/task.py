@@ -5,18 +5,23 @@
 1. run :class:`inference.pipeline.Segmenter` (one per worker process, so the
    model is loaded once) on the series' stored instances;
 2. write the configured DICOM outputs (``outputs:``) durably into the job's
-   work folder;
+   work folder, each on its own: one that fails does not stop the others;
 3. record the run and its lesions in the follow-up record (a rerun of the
    same model on the same series replaces them);
-4. queue one delivery per output and destination in the outbox, in one
-   transaction; the delivery service of ``ai-node serve`` sends them.
+4. queue one delivery per written output and destination in the outbox, in
+   one transaction with the check that the job is still running
+   (:func:`storage.jobs.enqueue_results`): a job superseded meanwhile queues
+   nothing.  The delivery service of ``ai-node serve`` sends them.
 
 Each stage's duration is recorded on the job (``load``, ``model_load``,
 ``preprocess``, ``sliding_window``, ``postprocess``, ``outputs``, ``followup``,
-``enqueue``).  Failures raise :class:`NodeError` subclasses with a reason a
-person can read: the series cannot be trusted (SeriesGeometryError), the model
-does not load (ModelLoadError), no destination to deliver to (DeliveryError,
-raised after the outputs and the follow-up are written, so nothing is lost).
+``enqueue``) and the stage running now is shown by ``ai-node status``.
+Failures raise :class:`NodeError` subclasses with a reason a person can read:
+the series cannot be trusted (SeriesGeometryError), the model does not load
+(ModelLoadError).  With nowhere to send the results, :class:`NoDestinationError`
+is raised *after* the outputs and the follow-up are written, so nothing is lost
+and the job ends ``no_destination``.  An output that failed alone is returned
+as the job's note (``reason``) while the others are delivered.
 
 A job that already queued its deliveries (its worker died before marking it
 succeeded) is not run again: the task returns at once, so a restart never
@@ -27,15 +32,15 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-import pydicom
-
-from config.errors import InferenceError, StorageError
+from common.dicom import read_header
+from config.errors import DeliveryError, InferenceError, NoDestinationError, StorageError
 from config.schema import Model
-from inference.outputs import FILE_NAMES, write_outputs
+from inference.outputs import write_outputs
 from inference.pipeline import Segmenter
-from storage import followup, outbox
+from storage import followup, jobs, outbox
 from storage.jobs import JobContext
 
 LOGGER = logging.getLogger(__name__)
@@ -52,58 +57,71 @@ def segmenter_for(model_config: Model) -> Segmenter:
     return _SEGMENTERS[key]
 
 
-def segment_job(context: JobContext) -> None:
-    """Segment the job's series, write and record its results, and queue their delivery."""
+@contextmanager
+def _stage(context: JobContext, name: str) -> Iterator[None]:
+    context.enter_stage(name)
+    started = time.perf_counter()
+    yield
+    context.record_stage(name, time.perf_counter() - started)
+
+
+def segment_job(context: JobContext) -> str | None:
+    """Segment the job's series, write and record its results, and queue their delivery.
+
+    Returns a note for the job's reason when an output failed alone, else None.
+    """
     if _already_queued(context.job_id):
         LOGGER.info("job %d: results already queued, not running it again", context.job_id)
-        return
+        return None
     if not context.instance_paths:
         raise InferenceError("the series has no stored instance")
+    context.enter_stage("segment")
     result = segmenter_for(context.config.model).segment(list(context.instance_paths))
     for stage, seconds in result.timings.items():
         context.record_stage(stage, seconds)
 
-    started = time.perf_counter()
-    paths = write_outputs(result, context.config.outputs, context.work_dir)
-    context.record_stage("outputs", time.perf_counter() - started)
+    with _stage(context, "outputs"):
+        written = write_outputs(result, context.config.outputs, context.work_dir)
 
-    started = time.perf_counter()
-    source = _header(result.volume.slices[0].path)
-    followup.record_run(
-        source,
-        result.provenance,
-        result.lesions,
-        job_id=context.job_id,
-        timings=result.timings,
-        notes=result.volume.notes,
-    )
-    context.record_stage("followup", time.perf_counter() - started)
+    with _stage(context, "followup"):
+        source = read_header(result.volume.slices[0].path, StorageError, "stored instance")
+        followup.record_run(
+            source,
+            result.provenance,
+            result.lesions,
+            job_id=context.job_id,
+            timings=result.timings,
+            notes=result.volume.notes,
+        )
 
-    started = time.perf_counter()
-    targets = outbox.resolve_targets(context.config, context.calling_ae_title)
-    kinds = {name: kind for kind, name in FILE_NAMES.items()}
-    outbox.enqueue(
-        [(kinds[path.name], path) for path in paths],
-        targets,
-        job_id=context.job_id,
-        source_series_instance_uid=context.series_instance_uid,
-    )
-    context.record_stage("enqueue", time.perf_counter() - started)
+    note = "; ".join(f"{kind} not written: {why}" for kind, why in written.failed.items()) or None
+    if not written.paths:
+        raise InferenceError(note or "no output was written")
+    with _stage(context, "enqueue"):
+        try:
+            targets = outbox.resolve_targets(context.config, context.calling_ae_title)
+        except DeliveryError as exc:
+            raise NoDestinationError(
+                f"results kept in {context.work_dir}, no destination: {exc}"
+            ) from exc
+        queued = jobs.enqueue_results(
+            context.job_id,
+            list(written.paths.items()),
+            targets,
+            context.series_instance_uid,
+        )
+    if queued is None:
+        LOGGER.info("job %d: superseded while running; nothing queued", context.job_id)
+        return note
     LOGGER.info(
         "job %d: %d lesion(s), %d object(s) queued for %s",
         context.job_id,
         len(result.lesions),
-        len(paths),
+        len(written.paths),
         ", ".join(f"{t.ae_title}@{t.host}:{t.port}" for t in targets),
     )
+    return note
 
 
 def _already_queued(job_id: int) -> bool:
     return bool(outbox.Delivery.select().where(outbox.Delivery.job_id == job_id).exists())
-
-
-def _header(path: Path) -> pydicom.Dataset:
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except (OSError, pydicom.errors.InvalidDicomError) as exc:
-        raise StorageError(f"stored instance {path} cannot be read: {exc}") from exc

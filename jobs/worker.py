@@ -2,10 +2,13 @@
 
 Claims queued jobs one at a time, runs the configured task (``worker.task``,
 ``module:function``, imported lazily at the first job so that this module
-never imports torch itself), and marks the job ``succeeded`` or
-``failed(reason)``:
+never imports torch itself), and finishes the job through
+:mod:`storage.jobs`' transitions:
 
-* a :class:`~config.errors.NodeError` from the task fails the job with its message;
+* the task returns: ``succeeded``;
+* a :class:`~config.errors.NoDestinationError`: ``no_destination`` (the results
+  are written and kept, there is nowhere to send them);
+* any other :class:`~config.errors.NodeError` from the task fails the job with its message;
 * any other exception is logged with its traceback and fails the job with
   ``internal error: <exc>``;
 * SIGTERM (``ai-node serve`` stopping) puts the running job back in the queue,
@@ -29,16 +32,18 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from config.errors import ConfigError, NodeError
+from config.errors import ConfigError, NodeError, NoDestinationError
 from config.loader import load_config
 from config.schema import NodeConfig
+from storage import jobs
 from storage.db import init_database
 from storage.jobs import JobContext, claim_next, finish
-from storage.models import JOB_QUEUED, JOB_RUNNING, Job, connected, write_transaction
+from storage.models import connected
 
 LOGGER = logging.getLogger("jobs.worker")
 
-Task = Callable[[JobContext], None]
+#: a task may return a note kept as the job's reason (e.g. an output that failed alone)
+Task = Callable[[JobContext], str | None]
 PARENT_POLL_SECONDS = 1.0
 
 
@@ -46,8 +51,18 @@ class WorkerShutdown(BaseException):
     """Raised in the main thread by SIGTERM; not an Exception, so tasks do not swallow it."""
 
 
+#: task names of earlier releases, still accepted in a site's configuration
+RENAMED_TASKS = {
+    "inference.task:segment_job": "jobs.task:segment_job",
+    "storage.tasks:summarize_series": "jobs.summary:summarize_series",
+}
+
+
 def load_task(name: str) -> Task:
     """Import ``module:function``; ConfigError naming the key when it cannot be loaded."""
+    if name in RENAMED_TASKS:
+        LOGGER.warning("worker.task %r is now called %r", name, RENAMED_TASKS[name])
+        name = RENAMED_TASKS[name]
     module_name, _, function_name = name.partition(":")
     if not module_name or not function_name:
         raise ConfigError(f"worker.task = {name!r}: expected 'module:function'")
@@ -71,40 +86,33 @@ def run_job(context: JobContext, task_name: str) -> bool:
         task_name,
     )
     started = time.monotonic()
-    ok, reason = False, None
+    state, reason = jobs.FAILED, None
     try:
-        load_task(task_name)(context)
-        ok = True
+        reason = load_task(task_name)(context)
+        state = jobs.SUCCEEDED
+    except NoDestinationError as exc:
+        state, reason = jobs.NO_DESTINATION, str(exc)
     except NodeError as exc:
         reason = str(exc) or type(exc).__name__
     except WorkerShutdown:
-        _requeue_own(context.job_id)
+        with connected():
+            jobs.requeue_own(context.job_id)
+        LOGGER.info("job %d: re-queued (worker stopping)", context.job_id)
         raise
     except Exception as exc:
         LOGGER.exception("job %d: internal error", context.job_id)
         reason = f"internal error: {exc!r}"
     with connected():
-        current = finish(context.job_id, ok, reason)
+        current = finish(context.job_id, state, reason)
     elapsed = time.monotonic() - started
     if not current:
         LOGGER.info("job %d: superseded while running; its result is outdated", context.job_id)
-    elif ok:
-        LOGGER.info("job %d: succeeded in %.1f s", context.job_id, elapsed)
-    else:
+    elif state == jobs.FAILED:
         LOGGER.warning("job %d: failed in %.1f s: %s", context.job_id, elapsed, reason)
-    return ok and current
-
-
-def _requeue_own(job_id: int) -> None:
-    """On shutdown: the job goes back to the queue and the attempt does not count."""
-    with connected(), write_transaction():
-        Job.update(
-            state=JOB_QUEUED,
-            attempts=Job.attempts - 1,
-            worker_pid=None,
-            started_at=None,
-        ).where((Job.id == job_id) & (Job.state == JOB_RUNNING)).execute()
-    LOGGER.info("job %d: re-queued (worker stopping)", job_id)
+    else:
+        tail = f": {reason}" if reason else ""
+        LOGGER.info("job %d: %s in %.1f s%s", context.job_id, state, elapsed, tail)
+    return state == jobs.SUCCEEDED and current
 
 
 def run_worker(config: NodeConfig, stop: threading.Event, max_jobs: int | None = None) -> int:

@@ -69,12 +69,18 @@ def accepted_sop_classes(config: NodeConfig) -> tuple[str, ...]:
     return tuple(classes)
 
 
-def build_ae(config: NodeConfig) -> AE:
-    """An AE configured as the node's Storage SCP (not yet listening)."""
+def make_ae(config: NodeConfig) -> AE:
+    """Our AE title with the configured timeouts: the one factory for SCP and SCU alike."""
     ae = AE(ae_title=config.ae_title)
     ae.acse_timeout = config.network.acse_timeout
     ae.dimse_timeout = config.network.dimse_timeout
     ae.network_timeout = config.network.network_timeout
+    return ae
+
+
+def build_ae(config: NodeConfig) -> AE:
+    """An AE configured as the node's Storage SCP (not yet listening)."""
+    ae = make_ae(config)
     ae.maximum_associations = config.network.maximum_associations
     ae.maximum_pdu_size = config.network.maximum_pdu_size
     # node.handlers.handle_requested rejects first, with a log line; these stay as a backstop

@@ -65,7 +65,6 @@ def _add_status(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _status(args: argparse.Namespace, config: NodeConfig) -> int:
     from node.report import print_status
-    from node.results_cli import deliveries_status, print_deliveries
     from storage.db import init_database
     from storage.models import connected
     from storage.status import snapshot
@@ -73,13 +72,11 @@ def _status(args: argparse.Namespace, config: NodeConfig) -> int:
     init_database(config.database_path, config.database_url)
     with connected():
         report = snapshot(args.limit)
-        report["deliveries"] = deliveries_status(args.limit)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print_status(report, sys.stdout)
-        print_deliveries(report["deliveries"], sys.stdout)
     return 0
 
 

@@ -1,10 +1,13 @@
-"""The delivery service: a thread of ``ai-node serve`` that sends due deliveries.
+"""The delivery service: a part of ``ai-node serve`` that sends due deliveries.
 
-Every ``delivery.poll_interval_seconds`` it claims the due deliveries of the
-outbox (:mod:`storage.outbox`) and sends each by C-STORE (:mod:`node.scu`), one
-at a time; success marks it ``sent``, a :class:`DeliveryError` marks it
-``retrying`` with back-off or ``dead`` at the limit.  On start it first
-recovers attempts that a crash cut short, so deliveries resume after a restart.
+Every ``delivery.poll_interval_seconds`` a dispatcher thread looks for the
+destinations that have deliveries due (:mod:`storage.outbox`) and gives each
+destination its own sender thread, which claims that destination's due
+deliveries and sends them by C-STORE (:mod:`node.scu`) one at a time: a hung
+or unreachable destination delays only its own deliveries.  Success marks a
+delivery ``sent``; a :class:`DeliveryError` marks it ``retrying`` with back-off
+or ``dead`` at the limit.  On start it first recovers attempts that a crash cut
+short, so deliveries resume after a restart.
 """
 
 from __future__ import annotations
@@ -17,20 +20,22 @@ from config.errors import DeliveryError, NodeError
 from config.schema import NodeConfig
 from node.scu import send_file
 from storage import outbox
+from storage.models import close_thread_connection, open_thread_connection
 
 LOGGER = logging.getLogger(__name__)
 
 
 class DeliveryService:
-    """Send what the outbox holds, in a background thread of the serve process."""
+    """Send what the outbox holds: one dispatcher thread, one sender thread per destination."""
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._senders: dict[outbox.Target, threading.Thread] = {}
 
     def start(self) -> None:
-        """Recover interrupted attempts and start the sending thread (idempotent)."""
+        """Recover interrupted attempts and start the dispatcher (idempotent)."""
         if self._thread is not None and self._thread.is_alive():
             return
         outbox.recover_in_flight()
@@ -40,33 +45,73 @@ class DeliveryService:
         LOGGER.info("delivery service started")
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the attempt in progress (if any) has finished."""
+        """Stop after the attempts in progress (if any) have finished."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        deadline = time.monotonic() + timeout
+        for thread in [self._thread, *self._senders.values()]:
+            if thread is not None:
+                thread.join(max(0.1, deadline - time.monotonic()))
+        self._thread = None
+        self._senders.clear()
         LOGGER.info("delivery service stopped")
 
     def run_once(self) -> int:
-        """Send every delivery that is due now; return how many were attempted."""
+        """Send every delivery that is due now, in this thread; return how many were attempted."""
         claimed = outbox.claim_due()
         for delivery in claimed:
             if self._stop.is_set():
-                self._release(delivery)
+                outbox.release(delivery)
                 continue
             self._attempt(delivery)
         return len(claimed)
 
     def _run(self) -> None:
         interval = self.config.delivery.poll_interval_seconds
-        while not self._stop.is_set():
-            try:
-                busy = self.run_once()
-            except Exception:  # keep serving: the next poll tries again
-                LOGGER.exception("delivery loop error")
-                busy = 0
-            if not busy:
+        open_thread_connection()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._dispatch()
+                except Exception:  # keep serving: the next poll tries again
+                    LOGGER.exception("delivery dispatcher error")
                 self._stop.wait(interval)
+        finally:
+            close_thread_connection()
+
+    def _dispatch(self) -> None:
+        """Start a sender for every destination with due deliveries that has none running."""
+        for target in outbox.due_destinations():
+            sender = self._senders.get(target)
+            if sender is not None and sender.is_alive():
+                continue
+            sender = threading.Thread(
+                target=self._send_to,
+                args=(target,),
+                name=f"delivery-{target.ae_title}@{target.host}:{target.port}",
+                daemon=True,
+            )
+            self._senders[target] = sender
+            sender.start()
+
+    def _send_to(self, target: outbox.Target) -> None:
+        """Send one destination's due deliveries, oldest first, until none is due."""
+        open_thread_connection()
+        try:
+            while not self._stop.is_set():
+                claimed = outbox.claim_due(destination=target)
+                if not claimed:
+                    return
+                for delivery in claimed:
+                    if self._stop.is_set():
+                        outbox.release(delivery)
+                    else:
+                        self._attempt(delivery)
+        except Exception:  # the dispatcher starts a new sender at its next poll
+            LOGGER.exception(
+                "delivery to %s@%s:%s failed", target.ae_title, target.host, target.port
+            )
+        finally:
+            close_thread_connection()
 
     def _attempt(self, delivery: outbox.Delivery) -> None:
         target = delivery.target
@@ -114,6 +159,3 @@ class DeliveryService:
                 delivery.next_at - time.time(),
                 reason,
             )
-
-    def _release(self, delivery: outbox.Delivery) -> None:
-        outbox.release(delivery)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from config.errors import ConfigError
 from config.schema import AE_TITLE_RE, NodeConfig
+from node.ae import make_ae
 
 LOGGER = logging.getLogger(__name__)
 
@@ -41,10 +41,7 @@ class EchoResult:
 
 def echo(config: NodeConfig, peer: Address) -> EchoResult:
     """Associate as our AE title, send C-ECHO, release."""
-    ae = AE(ae_title=config.ae_title)
-    ae.acse_timeout = config.network.acse_timeout
-    ae.dimse_timeout = config.network.dimse_timeout
-    ae.network_timeout = config.network.network_timeout
+    ae = make_ae(config)
     ae.add_requested_context(Verification)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:

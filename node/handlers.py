@@ -18,9 +18,10 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from config.schema import NodeConfig
 from node import access, statuses
-from node.receive import FAILED, Receiver
+from node.receive import status_for
 from node.sessions import Sessions
 from storage.completion import complete_if_count_matches
+from storage.ingest import Ingest
 from storage.models import close_thread_connection, connected
 
 LOGGER = logging.getLogger(__name__)
@@ -82,12 +83,12 @@ def handle_echo(event: Event) -> int:
     return statuses.SUCCESS
 
 
-def handle_store(event: Event, receiver: Receiver, sessions: Sessions) -> int:
-    """EVT_C_STORE: store durably, then answer.
+def handle_store(event: Event, ingest: Ingest, sessions: Sessions) -> int:
+    """EVT_C_STORE: store durably (:mod:`storage.ingest`), then answer.
 
     Statuses: SUCCESS 0x0000 (stored, or a duplicate already stored);
     OUT_OF_RESOURCES 0xA700; DATA_SET_DOES_NOT_MATCH 0xA900; CANNOT_UNDERSTAND
-    0xC210; INVALID_UID 0xC212; UID_CONFLICT 0xC213 (see :mod:`node.statuses`).
+    0xC210; INVALID_UID 0xC212; UID_CONFLICT 0xC213 (see :mod:`node.receive`).
     """
     request = cast(C_STORE, event.request)
     calling = str(event.assoc.requestor.ae_title).strip()
@@ -96,21 +97,23 @@ def handle_store(event: Event, receiver: Receiver, sessions: Sessions) -> int:
     except AttributeError as exc:  # not a C-STORE request with a dataset
         LOGGER.warning("C-STORE from %r: no dataset: %s", calling, exc)
         return statuses.CANNOT_UNDERSTAND
-    outcome = receiver.receive(
+    outcome = ingest.ingest(
         data,
         str(request.AffectedSOPClassUID or ""),
         str(request.AffectedSOPInstanceUID or ""),
         calling,
     )
     sessions.count(event.assoc, outcome)
-    if outcome.result == FAILED:
+    status = status_for(outcome.result)
+    if not outcome.result.kept:
         LOGGER.warning(
-            "C-STORE from %r refused with 0x%04X: %s",
+            "C-STORE from %r refused with 0x%04X: %s [%s]",
             calling,
-            outcome.status,
+            status,
             outcome.reason,
+            outcome.result.value,
         )
-    return outcome.status
+    return status
 
 
 def handle_released(event: Event, sessions: Sessions, config: NodeConfig) -> None:
@@ -135,16 +138,14 @@ def handle_aborted(event: Event, sessions: Sessions) -> None:
     close_thread_connection()
 
 
-def build_handlers(
-    config: NodeConfig, receiver: Receiver, sessions: Sessions
-) -> list[tuple[Any, ...]]:
+def build_handlers(config: NodeConfig, ingest: Ingest, sessions: Sessions) -> list[tuple[Any, ...]]:
     """The SCP's handlers, in the form ``AE.start_server(evt_handlers=...)`` takes."""
     return [
         (evt.EVT_REQUESTED, handle_requested, [config]),
         (evt.EVT_REJECTED, handle_rejected),
         (evt.EVT_ESTABLISHED, handle_established, [sessions]),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [receiver, sessions]),
+        (evt.EVT_C_STORE, handle_store, [ingest, sessions]),
         (evt.EVT_RELEASED, handle_released, [sessions, config]),
         (evt.EVT_ABORTED, handle_aborted, [sessions]),
     ]

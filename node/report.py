@@ -1,4 +1,4 @@
-"""Human-readable ``ai-node status`` (the JSON form is :mod:`storage.status`)."""
+"""Human-readable ``ai-node status``: the one place it is printed (built by :mod:`storage.status`)."""
 
 from __future__ import annotations
 
@@ -48,13 +48,30 @@ def print_status(report: dict[str, Any], out: TextIO) -> None:
                 str(j["id"]),
                 j["series_instance_uid"],
                 j["state"],
+                _progress(j),
                 str(j["attempts"]),
                 j["reason"] or "",
             ]
             for j in jobs
         ],
-        ["Id", "SeriesInstanceUID", "State", "Tries", "Reason"],
+        ["Id", "SeriesInstanceUID", "State", "Stage / time", "Tries", "Reason"],
         out,
     )
-    deliveries = report.get("deliveries", [])
+    deliveries = report["deliveries"]
     out.write(f"\ndeliveries ({len(deliveries)})\n")
+    for d in deliveries:
+        tail = f"  next {d['next_at']}" if d["next_at"] else ""
+        reason = f"  {d['reason']}" if d["reason"] else ""
+        out.write(
+            f"  {d['id']:>5} job {d['job_id']}  {d['kind']:<8} {d['destination']:<32} "
+            f"{d['state']:<9} tries {d['attempts']}{tail}{reason}\n"
+        )
+
+
+def _progress(job: dict[str, Any]) -> str:
+    """A running job's stage and its elapsed time; a finished one's total time."""
+    if job["stage"]:
+        return f"{job['stage']} {job['stage_elapsed_s']:.0f} s (total {job['elapsed_s']:.0f} s)"
+    if job["elapsed_s"] is not None:
+        return f"{job['elapsed_s']:.1f} s"
+    return ""

@@ -1,8 +1,12 @@
-"""``ai-node retry`` and ``ai-node followup show PATIENT_ID [--json]``.
+"""``ai-node retry``, ``ai-node rerun`` and ``ai-node followup show PATIENT_ID [--json]``.
 
 ``retry [--id N ...]`` puts dead deliveries (all, or the given ids) back to
-``pending`` with their attempt count reset; the delivery service of a running
+``pending``, keeping their attempt history; the delivery service of a running
 ``ai-node serve`` sends them at its next poll.
+
+``rerun --job N | --series UID`` queues a new job for the series of job N (or
+for the series), unless one is queued or running already; the worker of a
+running ``ai-node serve`` picks it up.
 
 ``followup show PATIENT_ID [--json]`` prints the patient's studies, oldest
 first, with each series' segmentation runs and their lesions (see
@@ -38,8 +42,18 @@ def add_followup(sub: Any, common: argparse.ArgumentParser) -> None:
     show.set_defaults(handler=followup_show)
 
 
+def add_rerun(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("rerun", parents=[common], help="run a series' job again")
+    parser.add_argument("--job", type=int, action="append", dest="jobs", default=[], help="job id")
+    parser.add_argument(
+        "--series", action="append", dest="series", default=[], help="SeriesInstanceUID"
+    )
+    parser.set_defaults(handler=rerun)
+
+
 COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     add_retry,
+    add_rerun,
     add_followup,
 ]
 
@@ -50,6 +64,20 @@ def retry(args: argparse.Namespace, config: NodeConfig) -> int:
     _open_database(config)
     count = outbox.retry_dead(args.ids)
     print(f"{count} dead deliver{'y' if count == 1 else 'ies'} queued again")
+    return 0
+
+
+def rerun(args: argparse.Namespace, config: NodeConfig) -> int:
+    from storage import jobs
+
+    if not args.jobs and not args.series:
+        print("ai-node rerun: name at least one --job or --series", file=sys.stderr)
+        return 2
+    _open_database(config)
+    created = jobs.rerun(args.jobs, args.series)
+    print(
+        f"{len(created)} job(s) queued" + (f": {', '.join(map(str, created))}" if created else "")
+    )
     return 0
 
 
@@ -67,24 +95,6 @@ def followup_show(args: argparse.Namespace, config: NodeConfig) -> int:
     else:
         print_report(report, sys.stdout)
     return 0
-
-
-def deliveries_status(limit: int | None = None) -> list[dict[str, object]]:
-    """The ``deliveries`` list of ``ai-node status --json`` (most recent first)."""
-    from storage import outbox
-
-    return [d.as_dict() for d in outbox.list_deliveries(limit or 200)]
-
-
-def print_deliveries(deliveries: list[dict[str, Any]], out: TextIO) -> None:
-    """Rows under the "deliveries (n)" heading of ``ai-node status``."""
-    for d in deliveries:
-        tail = f"  next {d['next_at']}" if d["next_at"] else ""
-        reason = f"  {d['reason']}" if d["reason"] else ""
-        out.write(
-            f"  {d['id']:>5} job {d['job_id']}  {d['kind']:<8} {d['destination']:<32} "
-            f"{d['state']:<8} tries {d['attempts']}{tail}{reason}\n"
-        )
 
 
 def print_report(report: dict[str, Any], out: TextIO) -> None:

@@ -26,6 +26,7 @@ from pynetdicom.status import code_to_category
 
 from config.errors import DeliveryError
 from config.schema import NodeConfig
+from node.ae import make_ae
 from storage.outbox import Target
 
 LOGGER = logging.getLogger(__name__)
@@ -88,10 +89,7 @@ def _read(path: Path) -> Dataset:
 
 
 def _application_entity(dataset: Dataset, config: NodeConfig) -> AE:
-    ae = AE(ae_title=config.ae_title)
-    ae.acse_timeout = config.network.acse_timeout
-    ae.dimse_timeout = config.network.dimse_timeout
-    ae.network_timeout = config.network.network_timeout
+    ae = make_ae(config)
     syntaxes = [
         dataset.file_meta.TransferSyntaxUID,
         ExplicitVRLittleEndian,

@@ -4,9 +4,10 @@ Start-up order matters, so nothing received is dropped:
 
 1. open the database (creating tables), open the instance store;
 2. reconcile: index every stored file missing from the database (power loss);
-3. re-queue jobs left ``running`` by a previous run;
+3. re-queue jobs left ``running`` by a previous run (not counted against them);
 4. restart the idle timer of every series still receiving;
-5. listen (Storage SCP), start the completion detector, start the workers.
+5. listen (Storage SCP), start the completion detector, the workers and the
+   delivery service.
 
 :class:`Node` is the same thing without signal handling, for tests and embedding.
 """
@@ -18,7 +19,6 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import Any
 
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -27,12 +27,12 @@ from config.schema import NodeConfig
 from node.ae import accepted_sop_classes, build_ae
 from node.delivery import DeliveryService
 from node.handlers import build_handlers
-from node.receive import Receiver
 from node.sessions import Sessions
 from node.supervisor import WorkerSupervisor, worker_command
 from storage.completion import CompletionDetector, resume_timers
 from storage.db import init_database
-from storage.jobs import requeue_interrupted
+from storage.ingest import Ingest
+from storage.jobs import requeue_after_restart
 from storage.models import close_thread_connection, open_thread_connection
 from storage.reconcile import reconcile
 from storage.store import InstanceStore
@@ -41,16 +41,21 @@ LOGGER = logging.getLogger(__name__)
 
 
 class Node:
-    """The running node: call :meth:`start`, later :meth:`stop`."""
+    """The running node: call :meth:`start`, later :meth:`stop`.
 
-    def __init__(self, config: NodeConfig) -> None:
+    Its parts, each started in :meth:`start` and stopped in :meth:`stop`: the
+    Storage SCP (``server``), the completion detector, the worker supervisor
+    (``worker.processes`` > 0) and the delivery service (``deliver=True``).
+    """
+
+    def __init__(self, config: NodeConfig, deliver: bool = True) -> None:
         self.config = config
+        self.deliver = deliver
         self.sessions = Sessions()
         self.server: ThreadedAssociationServer | None = None
         self.detector: CompletionDetector | None = None
         self.supervisor: WorkerSupervisor | None = None
-        #: extra services (start(), stop()) started after the SCP, e.g. result delivery
-        self.services: list[Any] = []
+        self.delivery: DeliveryService | None = None
 
     def start(self) -> None:
         config = self.config
@@ -58,10 +63,10 @@ class Node:
         store = InstanceStore(config.data_dir, config.receive.min_free_disk_mb)
         open_thread_connection()  # held while the node runs: see open_thread_connection
         reconcile(store)
-        requeue_interrupted(config.worker.max_attempts)
+        requeue_after_restart()
         resume_timers(time.time())
         ae = build_ae(config)
-        handlers = build_handlers(config, Receiver(store), self.sessions)
+        handlers = build_handlers(config, Ingest(store), self.sessions)
         self.server = ae.start_server(
             (config.bind, config.port), block=False, evt_handlers=handlers
         )
@@ -85,8 +90,9 @@ class Node:
                 config.worker.max_attempts,
             )
             self.supervisor.start()
-        for service in self.services:
-            service.start()
+        if self.deliver:
+            self.delivery = DeliveryService(config)
+            self.delivery.start()
 
     @property
     def port(self) -> int:
@@ -95,8 +101,9 @@ class Node:
 
     def stop(self) -> None:
         """Stop listening (aborting open associations), then the threads and workers; idempotent."""
-        for service in reversed(self.services):
-            service.stop()
+        if self.delivery is not None:
+            self.delivery.stop()
+            self.delivery = None
         if self.server is not None:
             self.server.shutdown()
             self.server = None
@@ -122,7 +129,6 @@ def serve(config: NodeConfig) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     node = Node(config)
-    node.services.append(DeliveryService(config))  # sends the outbox (node/delivery.py)
     try:
         node.start()
     except OSError as exc:

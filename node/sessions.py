@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.receive import FAILED, StoreOutcome
+from storage.ingest import IngestOutcome
 
 LOGGER = logging.getLogger(__name__)
 
@@ -59,13 +59,16 @@ class Sessions:
         with self._lock:
             return self._open.get(id(assoc))
 
-    def count(self, assoc: Any, outcome: StoreOutcome) -> None:
+    def count(self, assoc: Any, outcome: IngestOutcome) -> None:
         session = self.get(assoc)
         if session is None:
             return
         with self._lock:
-            session.counts[outcome.result] += 1
-            if outcome.series_id is not None and outcome.result != FAILED:
+            tally = (
+                outcome.result.value if outcome.result.kept else "failed"
+            )  # stored | duplicate | failed
+            session.counts[tally] += 1
+            if outcome.series_id is not None and outcome.result.kept:
                 session.series_ids.add(outcome.series_id)
 
     def close(self, assoc: Any, ending: str) -> Session | None:

@@ -2,8 +2,8 @@
 
 The worker is a separate *process*: a crash, an out-of-memory kill or a hung
 GPU there cannot take the receiver down.  When a worker exits unexpectedly the
-supervisor re-queues the job it was running (``storage.jobs.requeue_interrupted``,
-which fails the job after ``worker.max_attempts`` deaths) and starts a new
+supervisor re-queues the job it was running (``storage.jobs.requeue_after_worker_death``,
+which fails the job after ``worker.max_attempts`` worker deaths) and starts a new
 worker after a back-off (1 s, doubling to 60 s; reset after 5 minutes of health).
 
 Workers watch their parent: when ``ai-node serve`` dies, even by ``kill -9``,
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from config.errors import ConfigError
 from config.schema import NodeConfig
-from storage.jobs import requeue_interrupted
+from storage.jobs import requeue_after_worker_death
 from storage.models import connected
 
 LOGGER = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class WorkerSupervisor(threading.Thread):
     def _reap(self, slot: _Slot, process: subprocess.Popen[bytes], now: float) -> None:
         LOGGER.error("worker process %d exited with %s", process.pid, process.returncode)
         with connected():
-            requeue_interrupted(self.max_attempts, worker_pid=process.pid)
+            requeue_after_worker_death(process.pid, self.max_attempts)
         if now - slot.started > HEALTHY_AFTER:
             slot.backoff = BACKOFF_INITIAL
         slot.restart_at = now + slot.backoff

@@ -10,7 +10,7 @@ A series is complete
   a series made of a single Enhanced (multi-frame) instance.
 
 Completing a series whose instances include a SOP class listed in
-``receive.segment_sop_classes`` queues a job for it (one write transaction,
+``receive.segment_sop_classes`` queues a job for it with :func:`storage.jobs.create` (one write transaction,
 so a series is queued exactly once per completion).  Earlier jobs of the same
 series get ``superseded_by`` pointing at the new one.
 
@@ -27,13 +27,12 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
+from storage import jobs
 from storage.models import (
     COMPLETED_BY_COUNT,
     COMPLETED_BY_IDLE,
-    JOB_QUEUED,
     SERIES_COMPLETE,
     SERIES_RECEIVING,
-    Job,
     ReceivedInstance,
     ReceivedSeries,
     close_thread_connection,
@@ -147,25 +146,14 @@ def _is_segmented(series_id: int, segment_classes: Sequence[str]) -> bool:
 
 def _complete(
     series: ReceivedSeries, how: str, segment_classes: Sequence[str], now: float
-) -> Job | None:
+) -> jobs.Job | None:
     """Inside a write transaction: mark complete and queue a job when the class is segmented."""
     ReceivedSeries.update(state=SERIES_COMPLETE, completed_at=now, completed_by=how).where(
         ReceivedSeries.id == series.id
     ).execute()
     job = None
     if _is_segmented(series.id, segment_classes):
-        job = Job.create(
-            series=series.id,
-            series_instance_uid=series.series_instance_uid,
-            study_instance_uid=series.study_instance_uid,
-            calling_ae_title=series.calling_ae_title,
-            state=JOB_QUEUED,
-            instance_count=series.instance_count,
-            created_at=now,
-        )
-        Job.update(superseded_by=job.id).where(
-            (Job.series == series.id) & (Job.id != job.id) & Job.superseded_by.is_null()
-        ).execute()
+        job = jobs.create(series, now)
     LOGGER.info(
         "series %s complete (%s): %d instance(s), modality %s, %s",
         series.series_instance_uid,

@@ -13,13 +13,19 @@ from pathlib import Path
 
 import peewee
 from playhouse.db_url import connect
+from playhouse.migrate import SchemaMigrator, migrate
 
 LOGGER = logging.getLogger(__name__)
 
 database = peewee.DatabaseProxy()
 
 #: modules whose models share this database; each is imported before tables are created
-MODEL_MODULES: tuple[str, ...] = ("storage.models", "storage.outbox", "storage.followup")
+MODEL_MODULES: tuple[str, ...] = (
+    "storage.models",
+    "storage.jobs",
+    "storage.outbox",
+    "storage.followup",
+)
 
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
@@ -51,9 +57,32 @@ def init_database(sqlite_path: Path, url: str | None = None) -> peewee.Database:
     if url:
         db = connect(url)
     else:
-        sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        sqlite_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         db = peewee.SqliteDatabase(str(sqlite_path), pragmas=SQLITE_PRAGMAS, timeout=30)
     database.initialize(db)
     with db.connection_context():
-        db.create_tables(all_models(), safe=True)
+        models = all_models()
+        db.create_tables(models, safe=True)
+        add_missing_columns(db, models)
+    if not url:
+        for path in sqlite_path.parent.glob(sqlite_path.name + "*"):
+            path.chmod(0o600)  # the database holds PHI: owner-only, with its WAL and SHM
     return db
+
+
+def add_missing_columns(db: peewee.Database, models: list[type[BaseModel]]) -> list[str]:
+    """Schema migration for added fields: every model field missing from its table is added
+    (nullable or with its default), so an upgrade keeps a site's data. Returns ``table.column``s."""
+    migrator = SchemaMigrator.from_database(db)
+    added: list[str] = []
+    for model in models:
+        table = model._meta.table_name
+        present = {column.name for column in db.get_columns(table)}
+        for field in model._meta.sorted_fields:
+            if field.column_name in present:
+                continue
+            migrate(migrator.add_column(table, field.column_name, field))
+            added.append(f"{table}.{field.column_name}")
+    if added:
+        LOGGER.warning("database schema upgraded: added %s", ", ".join(added))
+    return added

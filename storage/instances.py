@@ -23,13 +23,10 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from config.errors import StorageError
+from storage import jobs
 from storage.models import (
-    JOB_QUEUED,
-    JOB_RUNNING,
-    JOB_SUPERSEDED,
     SERIES_COMPLETE,
     SERIES_RECEIVING,
-    Job,
     ReceivedInstance,
     ReceivedSeries,
     write_transaction,
@@ -280,15 +277,7 @@ def _series_for(
 
 
 def _supersede_jobs(series: ReceivedSeries, now: float) -> None:
-    count = (
-        Job.update(
-            state=JOB_SUPERSEDED,
-            reason="series reopened by a late instance",
-            finished_at=now,
-        )
-        .where((Job.series == series.id) & (Job.state.in_((JOB_QUEUED, JOB_RUNNING))))
-        .execute()
-    )
+    count = jobs.supersede_series(series.id, now, "series reopened by a late instance")
     LOGGER.info(
         "series %s reopened by a late instance; %d unfinished job(s) superseded",
         series.series_instance_uid,

@@ -1,10 +1,11 @@
-"""Peewee models of the receiving side: received series, their instances, and jobs.
+"""Peewee models of the receiving side (received series and their instances), and the
+database helpers every thread uses (transactions, per-thread connections).
 
-States (each persisted, so a restart resumes where it stopped)::
+States (persisted, so a restart resumes where it stopped)::
 
     ReceivedSeries.state   receiving -> complete -> receiving (a late instance reopens it) -> ...
-    Job.state              queued -> running -> succeeded | failed(reason)
-                           queued | running -> superseded (its series was reopened)
+
+Jobs have their own module and state machine: :mod:`storage.jobs`.
 
 Times are seconds since the epoch (UTC), as floats.  Instance paths are stored
 relative to ``data_dir`` so a store can be moved as a whole.
@@ -12,9 +13,9 @@ relative to ``data_dir`` so a store can be moved as a whole.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import peewee
@@ -24,13 +25,6 @@ from storage.db import BaseModel, database
 SERIES_RECEIVING = "receiving"
 SERIES_COMPLETE = "complete"
 SERIES_STATES = (SERIES_RECEIVING, SERIES_COMPLETE)
-
-JOB_QUEUED = "queued"
-JOB_RUNNING = "running"
-JOB_SUCCEEDED = "succeeded"
-JOB_FAILED = "failed"
-JOB_SUPERSEDED = "superseded"
-JOB_STATES = (JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_SUPERSEDED)
 
 COMPLETED_BY_IDLE = "idle"
 COMPLETED_BY_COUNT = "count"
@@ -82,36 +76,6 @@ class ReceivedInstance(BaseModel):
         table_name = "received_instance"
 
 
-class Job(BaseModel):
-    """A complete series queued for the worker's task."""
-
-    id = peewee.AutoField()
-
-    series = peewee.ForeignKeyField(ReceivedSeries, backref="jobs", on_delete="CASCADE")
-    series_id: int
-    series_instance_uid = peewee.CharField(max_length=64, index=True)
-    study_instance_uid = peewee.CharField(max_length=64)
-    calling_ae_title = peewee.CharField(max_length=16, default="")
-    state = peewee.CharField(max_length=16, default=JOB_QUEUED, index=True)
-    reason = peewee.TextField(null=True)
-    instance_count = peewee.IntegerField(default=0)
-    created_at = peewee.FloatField()
-    started_at = peewee.FloatField(null=True)
-    finished_at = peewee.FloatField(null=True)
-    attempts = peewee.IntegerField(default=0)  # times a worker claimed it
-    worker_pid = peewee.IntegerField(null=True)
-    superseded_by = peewee.ForeignKeyField("self", null=True, backref="superseded")
-    superseded_by_id: int | None
-    stage_timings = peewee.TextField(default="{}")  # JSON {stage: seconds}
-
-    class Meta:
-        table_name = "job"
-
-    def timings(self) -> dict[str, float]:
-        loaded: Any = json.loads(self.stage_timings or "{}")
-        return {str(k): float(v) for k, v in loaded.items()}
-
-
 def write_transaction() -> AbstractContextManager[Any]:
     """A short write transaction that takes SQLite's write lock at BEGIN.
 
@@ -151,3 +115,10 @@ def close_thread_connection() -> None:
     """Close this thread's connection, if it has one open."""
     if not database.is_closed():
         database.close()
+
+
+def iso(timestamp: float | None) -> str | None:
+    """Seconds since the epoch as ISO 8601 in UTC, to the millisecond (None stays None)."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")

@@ -7,13 +7,21 @@ Each row is one DICOM file for one destination, and moves::
        │                  └──▶ retrying(attempts, next_at) ──claim──▶ sending ...
        │                               └──▶ dead(reason)   after delivery.max_attempts
        └───────────── ai-node retry ───────────┘
+    pending | retrying | dead ──▶ withdrawn   its job was superseded (never sent)
 
 ``sending`` marks the one attempt in flight: a delivery is claimed by a single
-conditional UPDATE, so there is never more than one attempt at a time for a
-delivery, whoever polls.  The back-off after attempt ``n`` is
-``min(backoff_initial_seconds * 2**(n-1), backoff_max_seconds)``.  At start-up,
-:func:`recover_in_flight` turns ``sending`` rows (an attempt cut short by a
-crash) back into ``retrying`` due now, without counting that attempt.
+conditional UPDATE that also counts the attempt, so there is never more than
+one attempt at a time for a delivery, whoever polls, and an attempt cut short
+by a crash is counted too.  The back-off after attempt ``n`` is
+``min(backoff_initial_seconds * 2**(n-1), backoff_max_seconds)``.
+
+Delivery semantics: **at least once, with at most one extra send per
+interrupted attempt.**  At start-up :func:`recover_in_flight` turns ``sending``
+rows (an attempt a crash cut short, which the destination may or may not have
+stored) back into ``retrying``, due now, and counts them in ``interrupted``;
+the next attempt is the one possible duplicate.  A result is never sent while
+its job is superseded (:func:`withdraw`).  ``ai-node retry`` gives a dead
+delivery ``max_attempts`` more attempts and keeps the history of the others.
 
 Rows are written in the same SQLite database as the jobs; the files they point
 to live in the job's work folder and were fsynced before being enqueued.
@@ -34,19 +42,19 @@ from config.errors import DeliveryError, StorageError
 from config.schema import Delivery as DeliverySettings
 from config.schema import NodeConfig
 from storage.db import BaseModel
-from storage.models import write_transaction
-from storage.status import iso
+from storage.models import iso, write_transaction
 
 LOGGER = logging.getLogger(__name__)
 
-PENDING, SENDING, SENT, RETRYING, DEAD = (
+PENDING, SENDING, SENT, RETRYING, DEAD, WITHDRAWN = (
     "pending",
     "sending",
     "sent",
     "retrying",
     "dead",
+    "withdrawn",
 )
-STATES = (PENDING, SENDING, SENT, RETRYING, DEAD)
+STATES = (PENDING, SENDING, SENT, RETRYING, DEAD, WITHDRAWN)
 DUE_STATES = (PENDING, RETRYING)
 
 
@@ -77,7 +85,9 @@ class Delivery(BaseModel):
     destination_port = peewee.IntegerField()
     destination_reason = peewee.CharField(max_length=32, default="fixed")
     state = peewee.CharField(max_length=16, default=PENDING, index=True)
-    attempts = peewee.IntegerField(default=0)
+    attempts = peewee.IntegerField(default=0)  # every attempt ever started, interrupted ones too
+    attempts_base = peewee.IntegerField(default=0)  # attempts when ``ai-node retry`` last ran
+    interrupted = peewee.IntegerField(default=0)  # attempts cut short by a crash or kill
     next_at = peewee.FloatField(default=0.0, index=True)  # epoch seconds
     reason = peewee.TextField(default="")  # last failure, or why it is dead
     created_at = peewee.FloatField(default=time.time)
@@ -107,6 +117,7 @@ class Delivery(BaseModel):
             "destination": f"{self.destination_ae_title}@{self.destination_host}:{self.destination_port}",
             "state": self.state,
             "attempts": self.attempts,
+            "interrupted": self.interrupted,
             "next_at": iso(self.next_at) if self.state == RETRYING else None,
             "reason": self.reason or None,
             "created_at": iso(self.created_at),
@@ -185,19 +196,25 @@ def enqueue(
     return rows
 
 
-def claim_due(now: float | None = None, limit: int = 10) -> list[Delivery]:
-    """Claim up to ``limit`` due deliveries for one attempt each (``→ sending``)."""
+def claim_due(
+    now: float | None = None, limit: int = 10, destination: Target | None = None
+) -> list[Delivery]:
+    """Claim up to ``limit`` due deliveries (of one destination, if given) for one attempt
+    each: ``→ sending``, the attempt counted at once, so a crash mid-send still counts it."""
     now = time.time() if now is None else now
-    due = (
-        Delivery.select(Delivery.id)
-        .where(Delivery.state.in_(DUE_STATES), Delivery.next_at <= now)
-        .order_by(Delivery.next_at, Delivery.id)
-        .limit(limit)
+    due = Delivery.select(Delivery.id).where(
+        Delivery.state.in_(DUE_STATES), Delivery.next_at <= now
     )
+    if destination is not None:
+        due = due.where(
+            (Delivery.destination_ae_title == destination.ae_title)
+            & (Delivery.destination_host == destination.host)
+            & (Delivery.destination_port == destination.port)
+        )
     claimed = []
-    for delivery_id in [row.id for row in due]:
+    for delivery_id in [row.id for row in due.order_by(Delivery.next_at, Delivery.id).limit(limit)]:
         updated = (
-            Delivery.update(state=SENDING, updated_at=now)
+            Delivery.update(state=SENDING, attempts=Delivery.attempts + 1, updated_at=now)
             .where(Delivery.id == delivery_id, Delivery.state.in_(DUE_STATES))
             .execute()
         )
@@ -206,16 +223,22 @@ def claim_due(now: float | None = None, limit: int = 10) -> list[Delivery]:
     return claimed
 
 
+def due_destinations(now: float | None = None) -> list[Target]:
+    """The destinations that have a delivery due now (each once)."""
+    now = time.time() if now is None else now
+    rows = (
+        Delivery.select(
+            Delivery.destination_ae_title, Delivery.destination_host, Delivery.destination_port
+        )
+        .where(Delivery.state.in_(DUE_STATES), Delivery.next_at <= now)
+        .distinct()
+    )
+    return [Target(r.destination_ae_title, r.destination_host, r.destination_port) for r in rows]
+
+
 def mark_sent(delivery: Delivery, now: float | None = None) -> None:
     now = time.time() if now is None else now
-    _transition(
-        delivery,
-        SENT,
-        attempts=delivery.attempts + 1,
-        sent_at=now,
-        reason="",
-        updated_at=now,
-    )
+    _transition(delivery, SENT, sent_at=now, reason="", updated_at=now)
 
 
 def mark_failed(
@@ -226,19 +249,12 @@ def mark_failed(
 ) -> str:
     """Record a failed attempt: ``retrying`` with back-off, or ``dead`` at the limit. Returns the state."""
     now = time.time() if now is None else now
-    attempts = delivery.attempts + 1
-    if attempts >= settings.max_attempts:
-        _transition(delivery, DEAD, attempts=attempts, reason=reason, updated_at=now)
+    counted = delivery.attempts - delivery.attempts_base  # since the last ``ai-node retry``
+    if counted >= settings.max_attempts:
+        _transition(delivery, DEAD, reason=reason, updated_at=now)
         return DEAD
-    delay = backoff_seconds(attempts, settings)
-    _transition(
-        delivery,
-        RETRYING,
-        attempts=attempts,
-        reason=reason,
-        next_at=now + delay,
-        updated_at=now,
-    )
+    delay = backoff_seconds(counted, settings)
+    _transition(delivery, RETRYING, reason=reason, next_at=now + delay, updated_at=now)
     return RETRYING
 
 
@@ -267,18 +283,24 @@ def _transition(delivery: Delivery, state: str, **fields: object) -> None:
 def release(delivery: Delivery, now: float | None = None) -> None:
     """Give back a claimed delivery without attempting it (the service is stopping)."""
     now = time.time() if now is None else now
-    state = PENDING if delivery.attempts == 0 else RETRYING
-    _transition(delivery, state, next_at=now, updated_at=now)
+    attempts = delivery.attempts - 1  # claimed, never tried
+    state = PENDING if attempts == 0 else RETRYING
+    _transition(delivery, state, attempts=attempts, next_at=now, updated_at=now)
 
 
 def recover_in_flight(now: float | None = None) -> int:
-    """At start-up: attempts cut short by a crash become due again (not counted)."""
+    """At start-up: attempts cut short by a crash become due again.
+
+    The attempt stays counted, and ``interrupted`` says the destination may have
+    received it: sending again is the one extra send that at-least-once allows.
+    """
     now = time.time() if now is None else now
     count = (
         Delivery.update(
             state=RETRYING,
             next_at=now,
-            reason="interrupted by a restart",
+            interrupted=Delivery.interrupted + 1,
+            reason="attempt interrupted by a restart (the destination may have received it)",
             updated_at=now,
         )
         .where(Delivery.state == SENDING)
@@ -290,14 +312,28 @@ def recover_in_flight(now: float | None = None) -> int:
 
 
 def retry_dead(ids: Iterable[int] | None = None, now: float | None = None) -> int:
-    """``ai-node retry``: dead deliveries (all, or the given ids) start again from attempt 0."""
+    """``ai-node retry``: dead deliveries (all, or the given ids) get ``max_attempts`` more
+    attempts; the attempts already made stay counted and shown."""
     now = time.time() if now is None else now
-    query = Delivery.update(state=PENDING, attempts=0, next_at=now, updated_at=now).where(
-        Delivery.state == DEAD
-    )
+    query = Delivery.update(
+        state=PENDING, attempts_base=Delivery.attempts, next_at=now, updated_at=now
+    ).where(Delivery.state == DEAD)
     if ids is not None:
         query = query.where(Delivery.id.in_(list(ids)))
     return int(query.execute())
+
+
+def withdraw(job_id: int, reason: str, now: float | None = None) -> int:
+    """Deliveries of a job not sent yet and not in flight become ``withdrawn``; returns how many."""
+    now = time.time() if now is None else now
+    count = (
+        Delivery.update(state=WITHDRAWN, reason=reason, updated_at=now)
+        .where((Delivery.job_id == job_id) & Delivery.state.in_((PENDING, RETRYING, DEAD)))
+        .execute()
+    )
+    if count:
+        LOGGER.info("withdrew %d undelivered result(s) of job %d: %s", count, job_id, reason)
+    return int(count)
 
 
 def list_deliveries(limit: int = 200) -> list[Delivery]:

@@ -11,9 +11,15 @@ Schema (``schema_version`` 1; fields are only ever added)::
                   "reopened"}],
       "jobs": [{"id", "series_instance_uid", "study_instance_uid", "calling_ae_title",
                 "state", "reason", "instance_count", "created_at", "started_at",
-                "finished_at", "attempts", "superseded_by", "stage_timings"}],
-      "deliveries": []
+                "finished_at", "attempts", "superseded_by", "stage_timings",
+                "worker_deaths", "stage", "stage_elapsed_s", "elapsed_s"}],
+      "deliveries": [{"id", "job_id", "kind", "sop_instance_uid", "source_series_instance_uid",
+                      "destination", "state", "attempts", "next_at", "reason", "created_at",
+                      "sent_at"}]
     }
+
+``stage`` and ``stage_elapsed_s`` say what a running job is doing now and for
+how long; ``elapsed_s`` is the time since it started (until it finished).
 
 Times are ISO 8601 in UTC (or null).  Series are newest first (by last
 instance received), jobs newest first (by id).  No patient names or IDs.
@@ -21,18 +27,15 @@ instance received), jobs newest first (by id).  No patient names or IDs.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
 from typing import Any
 
-from storage.models import Job, ReceivedSeries
+from storage import outbox
+from storage.jobs import RUNNING, Job
+from storage.models import ReceivedSeries, iso
 
 SCHEMA_VERSION = 1
-
-
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+DEFAULT_DELIVERIES = 200
 
 
 def series_row(series: ReceivedSeries) -> dict[str, Any]:
@@ -68,11 +71,21 @@ def job_row(job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "superseded_by": job.superseded_by_id,
         "stage_timings": job.timings(),
+        "worker_deaths": job.worker_deaths,
+        "stage": job.stage if job.state == RUNNING else None,
+        "stage_elapsed_s": _elapsed(job.stage_started_at) if job.state == RUNNING else None,
+        "elapsed_s": _elapsed(job.started_at, job.finished_at),
     }
 
 
+def _elapsed(since: float | None, until: float | None = None) -> float | None:
+    if since is None:
+        return None
+    return round((until if until is not None else time.time()) - since, 1)
+
+
 def snapshot(limit: int | None = None) -> dict[str, Any]:
-    """Series and jobs, newest first (at most ``limit`` of each); deliveries: see storage.outbox."""
+    """Series, jobs and deliveries, newest first (at most ``limit`` of each)."""
     series = ReceivedSeries.select().order_by(
         ReceivedSeries.last_received_at.desc(), ReceivedSeries.id.desc()
     )
@@ -81,8 +94,8 @@ def snapshot(limit: int | None = None) -> dict[str, Any]:
         series, jobs = series.limit(limit), jobs.limit(limit)
     return {
         "schema_version": SCHEMA_VERSION,
-        "generated_at": iso(datetime.now(UTC).timestamp()),
+        "generated_at": iso(time.time()),
         "series": [series_row(s) for s in series],
         "jobs": [job_row(j) for j in jobs],
-        "deliveries": [],
+        "deliveries": [d.as_dict() for d in outbox.list_deliveries(limit or DEFAULT_DELIVERIES)],
     }

@@ -25,7 +25,8 @@ from pynetdicom import AE, build_context
 from config.loader import load_config
 from demo.synthetic.dicom_series import small_series
 from node.server import Node
-from storage.models import Job, ReceivedInstance, ReceivedSeries, connected
+from storage.jobs import Job
+from storage.models import ReceivedInstance, ReceivedSeries, connected
 
 AE_TITLE = "AINODE"
 REPO = Path(__file__).resolve().parents[2]

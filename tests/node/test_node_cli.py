@@ -37,6 +37,10 @@ JOB_KEYS = {
     "attempts",
     "superseded_by",
     "stage_timings",
+    "worker_deaths",
+    "stage",
+    "stage_elapsed_s",
+    "elapsed_s",
 }
 
 

@@ -14,8 +14,9 @@ import pydicom
 import pytest
 
 from jobs.worker import run_job, run_worker
-from storage.jobs import claim_next, requeue_interrupted
-from storage.models import Job, connected
+from storage.jobs import claim_next, requeue_after_restart, requeue_after_worker_death
+from storage.jobs import Job
+from storage.models import connected
 
 TASKS = """
 import os, time
@@ -106,23 +107,31 @@ def test_task_errors_become_reasons(node_factory, tools, tmp_path, test_tasks, t
     assert job.reason.startswith(reason)
 
 
-def test_running_jobs_are_requeued_at_start_up(node_factory, tools, tmp_path) -> None:
+def test_running_jobs_are_requeued_at_start_up_without_counting(node_factory, tools, tmp_path):
+    """A node crash (or three) mid-job is not the job's fault: it is re-queued every time."""
     node = node_factory(worker={"max_attempts": 2})
-    first = _queued_series(node, tools, tmp_path)
-    second = _queued_series(node, tools, tmp_path)
+    series_uid = _queued_series(node, tools, tmp_path)
+    for _ in range(3):
+        with connected():
+            assert claim_next(node.config, worker_pid=999_999) is not None  # then "crash"
+        node = node_factory.restart(node)
+        (job,) = tools.jobs_of(series_uid)
+        assert (job.state, job.worker_deaths) == ("queued", 0)
     with connected():
-        claim_next(node.config, worker_pid=999_999)  # first: attempt 1, then "crash"
-        job = Job.get(Job.series_instance_uid == second)
-        Job.update(state="running", attempts=2).where(Job.id == job.id).execute()
-    node = node_factory.restart(node)
-    assert [j.state for j in tools.jobs_of(first)] == ["queued"]
-    (failed,) = tools.jobs_of(second)
-    assert (failed.state, failed.reason) == (
-        "failed",
-        "the worker process died during each of 2 attempts",
-    )
+        assert requeue_after_restart() == 0
+
+
+def test_worker_deaths_fail_the_job_at_the_limit(node_factory, tools, tmp_path) -> None:
+    node = node_factory(worker={"max_attempts": 2})
+    series_uid = _queued_series(node, tools, tmp_path)
     with connected():
-        assert requeue_interrupted(2) == (0, 0)
+        claim_next(node.config, worker_pid=999_998)
+        assert requeue_after_worker_death(999_998, 2) == (1, 0)
+        claim_next(node.config, worker_pid=999_997)
+        assert requeue_after_worker_death(999_997, 2) == (0, 1)
+    (job,) = tools.jobs_of(series_uid)
+    assert (job.state, job.worker_deaths, job.attempts) == ("failed", 2, 2)
+    assert job.reason == "the worker process died during each of 2 attempts"
 
 
 def test_job_superseded_while_running_stays_superseded(node_factory, tools, tmp_path) -> None:

@@ -11,14 +11,15 @@ import pydicom
 import pytest
 import torch
 
-from config.errors import DeliveryError, InferenceError
+from config.errors import InferenceError, NoDestinationError
 from config.schema import NodeConfig
 from inference.model import build_unetr
 from jobs.task import segment_job
+from jobs.worker import run_job
 from node.delivery import DeliveryService
-from storage import followup, outbox
-from storage.jobs import JobContext
-from storage.models import Job, ReceivedSeries
+from storage import followup, jobs, outbox
+from storage.jobs import Job, JobContext
+from storage.models import ReceivedSeries
 from tests.results.conftest import build_case
 from tests.results.test_results_delivery import RecordingSCP
 
@@ -71,6 +72,8 @@ def _context(config: NodeConfig, paths: list[Path], calling_ae: str = "SCANNER")
         study_instance_uid=header.StudyInstanceUID,
         calling_ae_title=calling_ae,
         created_at=now,
+        state="running",  # as claimed by a worker
+        started_at=now,
     )
     work_dir = config.data_dir / "jobs" / str(job.id)
     work_dir.mkdir(parents=True)
@@ -130,17 +133,78 @@ def test_segment_job_writes_records_and_queues(tmp_path: Path, node_db: peewee.D
         scp.close()
 
 
-def test_no_destination_fails_after_keeping_the_results(
+def test_no_destination_keeps_the_results_and_says_so(
     tmp_path: Path, node_db: peewee.Database
 ) -> None:
     config = _config(tmp_path, [{"reply_to_sender": True}])  # no peers: the sender is unknown
     paths, _ = build_case(tmp_path / "series", patient_id="TASK2")
     context = _context(config, paths, calling_ae="STORESCU")
-    with pytest.raises(DeliveryError, match="STORESCU"):
+    with pytest.raises(NoDestinationError, match="STORESCU"):
         segment_job(context)
     assert (context.work_dir / "rtstruct.dcm").exists()
-    assert followup.SegmentationRun.select().count() == 1
+    (run,) = followup.SegmentationRun.select()
+    assert run.status == "succeeded"
     assert outbox.Delivery.select().count() == 0
+    # through the worker: the job says "results kept, no destination", not "failed"
+    Job.update(state="running").where(Job.id == context.job_id).execute()
+    outbox.Delivery.delete().execute()
+    assert run_job(context, "jobs.task:segment_job") is False
+    job = Job.get_by_id(context.job_id)
+    assert job.state == jobs.NO_DESTINATION
+    assert job.reason.startswith("results kept in ") and "no destination" in job.reason
+
+
+def test_job_superseded_while_running_queues_nothing(
+    tmp_path: Path, node_db: peewee.Database
+) -> None:
+    """A late instance supersedes the job mid-run: its results are never queued."""
+    config = _config(tmp_path, [{"ae_title": "DEST", "host": "127.0.0.1", "port": 104}])
+    paths, _ = build_case(tmp_path / "series", patient_id="TASK3")
+    context = _context(config, paths)
+    series = Job.get_by_id(context.job_id).series_id
+    assert jobs.supersede_series(series, time.time(), "series reopened by a late instance") == 1
+    segment_job(context)  # runs to its end on the outdated input
+    assert (context.work_dir / "rtstruct.dcm").exists()
+    assert outbox.Delivery.select().count() == 0
+    assert Job.get_by_id(context.job_id).state == jobs.SUPERSEDED
+
+
+def test_supersession_withdraws_queued_deliveries(
+    tmp_path: Path, node_db: peewee.Database
+) -> None:
+    config = _config(tmp_path, [{"ae_title": "DEST", "host": "127.0.0.1", "port": 104}])
+    paths, _ = build_case(tmp_path / "series", patient_id="TASK4")
+    context = _context(config, paths)
+    segment_job(context)
+    queued = list(outbox.Delivery.select())
+    assert queued and {d.state for d in queued} == {outbox.PENDING}
+    series = Job.get_by_id(context.job_id).series_id
+    assert jobs.supersede_series(series, time.time(), "series reopened by a late instance") == 1
+    assert {d.state for d in outbox.Delivery.select()} == {outbox.WITHDRAWN}
+    assert outbox.claim_due() == []
+
+
+def test_one_output_failing_does_not_stop_the_others(
+    tmp_path: Path, node_db: peewee.Database
+) -> None:
+    """A character set pydicom cannot encode in: each output succeeds or fails on its own."""
+    scp = RecordingSCP()
+    try:
+        config = _config(tmp_path, [{"ae_title": "DEST", "host": "127.0.0.1", "port": scp.port}])
+        paths, _ = build_case(tmp_path / "series", patient_id="TASK5")
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            ds.SpecificCharacterSet = "ISO_IR 999"  # unknown to pydicom
+            ds.save_as(path)
+        context = _context(config, paths)
+        note = segment_job(context)
+        queued = {d.kind for d in outbox.Delivery.select()}
+        assert "rtstruct" in queued
+        # every output is either queued or named, with its reason, in the job's note
+        failed = {part.split(" ")[0] for part in (note or "").split("; ") if part}
+        assert failed.isdisjoint(queued) and failed | queued == {"rtstruct", "seg", "sr"}
+    finally:
+        scp.close()
 
 
 def test_untrustworthy_series_fails_with_a_reason(tmp_path: Path, node_db: peewee.Database) -> None:

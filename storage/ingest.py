@@ -1,0 +1,152 @@
+"""Ingest: turn one received encoded dataset into a durably stored, indexed instance.
+
+The guarantee lives here, in this order, each step only when the previous succeeded::
+
+    parse the header      -> UNREADABLE / INVALID_UID
+    match the request     -> MISMATCH
+    already stored?       -> DUPLICATE (first copy kept) / CONFLICT
+    free space            -> NO_SPACE
+    write, fsync, rename  -> WRITE_FAILED (temporary file removed)
+    record in the index   -> INDEX_FAILED
+    STORED
+
+An instance is reported ``STORED`` only once its file is durable *and* indexed;
+the file is written before the row, so a crash between the two leaves a file
+that start-up reconciliation indexes (:mod:`storage.reconcile`), never a row
+without its file.  Writes of the same SOP Instance UID are serialised by a
+striped lock, so two associations sending the same instance at once store it
+once.  The DIMSE status for each outcome is chosen by the caller
+(:mod:`node.receive`); nothing here knows DIMSE.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import peewee
+
+from config.errors import InvalidUIDError, StorageError
+from storage.instances import (
+    CONFLICT,
+    DUPLICATE,
+    InstanceHeader,
+    RecordOutcome,
+    UnreadableDatasetError,
+    is_stored,
+    record_duplicate,
+    record_instance,
+)
+from storage.models import open_thread_connection
+from storage.store import InstanceStore
+
+LOCK_STRIPES = 64
+
+
+class Result(enum.Enum):
+    """What ingest did with one dataset."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # already stored: the first copy is kept
+    UNREADABLE = "unreadable"  # not a dataset, or a required UID is missing
+    INVALID_UID = "invalid_uid"  # a UID that must not become a path
+    MISMATCH = "mismatch"  # the dataset's SOP class / instance differ from the request's
+    CONFLICT = "conflict"  # the SOP Instance UID is stored in another series
+    NO_SPACE = "no_space"
+    WRITE_FAILED = "write_failed"
+    INDEX_FAILED = "index_failed"
+
+    @property
+    def kept(self) -> bool:
+        """True when the instance is (now or already) durably stored."""
+        return self in (Result.STORED, Result.DUPLICATE)
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    result: Result
+    series_id: int | None = None
+    reason: str = ""
+
+
+class Ingest:
+    """Stores encoded datasets durably and indexes them; shared by every association thread."""
+
+    def __init__(self, store: InstanceStore) -> None:
+        self.store = store
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._series_ids: dict[str, int] = {}  # SeriesInstanceUID -> row id, the fast path
+
+    def ingest(
+        self,
+        data: bytes,
+        affected_sop_class_uid: str,
+        affected_sop_instance_uid: str,
+        calling_ae_title: str,
+    ) -> IngestOutcome:
+        """Store one encoded file (preamble, file meta, dataset as received)."""
+        try:
+            header = InstanceHeader.from_bytes(data)
+        except InvalidUIDError as exc:
+            return IngestOutcome(Result.INVALID_UID, reason=str(exc))
+        except UnreadableDatasetError as exc:
+            return IngestOutcome(Result.UNREADABLE, reason=str(exc))
+        mismatch = _request_mismatch(header, affected_sop_class_uid, affected_sop_instance_uid)
+        if mismatch:
+            return IngestOutcome(Result.MISMATCH, reason=mismatch)
+        relative = self.store.relative_path(
+            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+        )
+        with self._locks[hash(header.sop_instance_uid) % LOCK_STRIPES]:
+            try:
+                open_thread_connection()  # kept for the association; closed at its end
+                return self._store(header, relative, data, calling_ae_title)
+            except peewee.PeeweeException as exc:
+                return IngestOutcome(Result.INDEX_FAILED, reason=f"database error: {exc}")
+
+    def _store(
+        self, header: InstanceHeader, relative: Path, data: bytes, calling_ae_title: str
+    ) -> IngestOutcome:
+        if is_stored(header.sop_instance_uid):
+            duplicate = record_duplicate(header, time.time())
+            if duplicate is not None:
+                return _from_record(duplicate)
+        try:
+            self.store.check_free_space(len(data))
+        except StorageError as exc:
+            return IngestOutcome(Result.NO_SPACE, reason=str(exc))
+        try:
+            self.store.write(relative, data)
+        except StorageError as exc:
+            return IngestOutcome(Result.WRITE_FAILED, reason=str(exc))
+        try:
+            outcome = record_instance(
+                header, relative, len(data), calling_ae_title, time.time(), self._series_ids
+            )
+        except StorageError as exc:
+            return IngestOutcome(Result.INDEX_FAILED, reason=str(exc))
+        return _from_record(outcome)
+
+
+def _from_record(outcome: RecordOutcome) -> IngestOutcome:
+    if outcome.result == CONFLICT:
+        return IngestOutcome(Result.CONFLICT, outcome.series_id, outcome.detail)
+    result = Result.DUPLICATE if outcome.result == DUPLICATE else Result.STORED
+    return IngestOutcome(result, outcome.series_id)
+
+
+def _request_mismatch(header: InstanceHeader, sop_class: str, sop_instance: str) -> str:
+    if header.sop_class_uid != sop_class:
+        return (
+            f"dataset SOPClassUID {header.sop_class_uid} differs from the request's "
+            f"Affected SOP Class UID {sop_class[:64]!r}"
+        )
+    if header.sop_instance_uid != sop_instance:
+        return (
+            f"dataset SOPInstanceUID {header.sop_instance_uid} differs from the request's "
+            f"Affected SOP Instance UID {sop_instance[:64]!r}"
+        )
+    return ""
