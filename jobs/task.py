@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from common.dicom import read_header
 from config.errors import DeliveryError, InferenceError, NoDestinationError, StorageError
 from config.schema import Model
-from inference.outputs import write_outputs
+from inference.outputs import OutputOptions, write_outputs
 from inference.pipeline import Segmenter
 from storage import followup, jobs, outbox
 from storage.jobs import JobContext
@@ -81,7 +81,9 @@ def segment_job(context: JobContext) -> str | None:
         context.record_stage(stage, seconds)
 
     with _stage(context, "outputs"):
-        written = write_outputs(result, context.config.outputs, context.work_dir)
+        config = context.config
+        options = OutputOptions.from_config(config.dicom, data_dir=config.data_dir)
+        written = write_outputs(result, config.outputs, context.work_dir, options=options)
 
     with _stage(context, "followup"):
         source = read_header(result.volume.slices[0].path, StorageError, "stored instance")

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -27,15 +26,11 @@ from demo.synthetic.dicom_series import small_series
 from node.server import Node
 from storage.jobs import Job
 from storage.models import ReceivedInstance, ReceivedSeries, connected
+from tests import helpers
+from tests.helpers import free_port
 
 AE_TITLE = "AINODE"
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(directory: Path, **settings: Any) -> Path:
@@ -151,19 +146,10 @@ def storescu(
     calling_ae: str = "STORESCU",
     called_ae: str = AE_TITLE,
 ) -> subprocess.CompletedProcess[str]:
-    """dcmtk's storescu: ``storescu [options] 127.0.0.1 PORT inputs...``."""
-    command = [
-        "storescu",
-        "-aet",
-        calling_ae,
-        "-aec",
-        called_ae,
-        *options,
-        "127.0.0.1",
-        str(port),
-        *map(str, inputs),
-    ]
-    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    """dcmtk's storescu (by absolute path): ``storescu [options] 127.0.0.1 PORT inputs...``."""
+    return helpers.storescu(
+        inputs, port, called_ae, calling_ae=calling_ae, options=options, timeout=120
+    )
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:

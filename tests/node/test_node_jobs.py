@@ -15,7 +15,6 @@ import pytest
 
 from jobs.worker import run_job, run_worker
 from storage.jobs import claim_next, requeue_after_restart, requeue_after_worker_death
-from storage.jobs import Job
 from storage.models import connected
 
 TASKS = """

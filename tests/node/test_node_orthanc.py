@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -11,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import orthanc
+
 pytestmark = [
     pytest.mark.orthanc,
-    pytest.mark.skipif(shutil.which("Orthanc") is None, reason="orthanc not installed"),
+    pytest.mark.skipif(orthanc() is None, reason="orthanc not installed"),
 ]
 
 
@@ -42,9 +43,7 @@ def orthanc(tmp_path: Path, tools):
     path = tmp_path / "orthanc.json"
     path.write_text(json.dumps(config))
     log = (tmp_path / "orthanc.log").open("wb")
-    process = subprocess.Popen(
-        [shutil.which("Orthanc") or "Orthanc", str(path)], stdout=log, stderr=log
-    )
+    process = subprocess.Popen([str(orthanc()), str(path)], stdout=log, stderr=log)
     base = f"http://127.0.0.1:{http_port}"
     deadline = time.monotonic() + 60
     while True:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -23,10 +22,11 @@ from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 from node import statuses
 from node.ae import TRANSFER_SYNTAXES, accepted_sop_classes, build_ae
 from storage.models import ReceivedInstance, connected
+from tests.helpers import dcmtk
 
 pytestmark = [
     pytest.mark.dcmtk,
-    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk not installed"),
+    pytest.mark.skipif(dcmtk("storescu") is None, reason="dcmtk not installed"),
 ]
 
 
@@ -42,7 +42,7 @@ def test_echoscu_gets_success(node_factory, tools) -> None:
     node = node_factory()
     result = subprocess.run(
         [
-            "echoscu",
+            str(dcmtk("echoscu")),
             "-aet",
             "ECHOSCU",
             "-aec",

@@ -17,8 +17,6 @@ urllib.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,7 +30,10 @@ from typing import Any, Self
 
 import yaml
 
-ORTHANC = "/usr/sbin/Orthanc"
+from tests import helpers
+from tests.helpers import free_port
+
+ORTHANC = str(helpers.ORTHANC)
 REPO = Path(__file__).resolve().parents[2]
 
 #: the routing rule of docs/orthanc.md: MR series, and only MR, go to the node
@@ -45,12 +46,6 @@ function OnStableSeries(seriesId, tags, metadata)
   end
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def orthanc_config(
@@ -226,13 +221,5 @@ def _wait_port(port: int, timeout: float, process: subprocess.Popen[bytes]) -> N
 
 def storescu(files: list[Path], called_ae: str, port: int, calling_ae: str = "SCANNER") -> None:
     """Send files with dcmtk's storescu (the way a modality or a user would)."""
-    tool = shutil.which("storescu")
-    if tool is None:
-        raise RuntimeError("dcmtk storescu is not installed")
-    subprocess.run(
-        [tool, "-aet", calling_ae, "-aec", called_ae, "127.0.0.1", str(port), *map(str, files)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-        env={**os.environ},
-    )
+    result = helpers.storescu(files, port, called_ae, calling_ae=calling_ae)
+    result.check_returncode()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 import time
@@ -25,7 +24,7 @@ from config.schema import NodeConfig
 from node.delivery import DeliveryService
 from node.scu import send_file
 from storage import outbox
-from tests.results.conftest import free_port
+from tests.helpers import dcmtk, free_port
 
 Comprehensive3DSRStorage = "1.2.840.10008.5.1.4.1.1.88.34"
 OUT_OF_RESOURCES = 0xA700
@@ -111,7 +110,7 @@ def _deliver_all(service: DeliveryService, until: float = 20.0) -> None:
 def test_send_to_dcmtk_storescp(
     tmp_path: Path, node_db: peewee.Database, result_files: dict[str, Path]
 ) -> None:
-    storescp = shutil.which("storescp")
+    storescp = dcmtk("storescp")
     if storescp is None:
         pytest.skip("dcmtk storescp is not installed")
     port, received = free_port(), tmp_path / "storescp"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,14 @@ import torch
 
 from config.schema import NodeConfig
 from inference.model import build_unetr
-from tests.results.conftest import build_case, dice, free_port, rasterise_roi
+from tests.helpers import dcmtk, free_port
+from tests.results.conftest import build_case, dice, rasterise_roi
 from tests.results.harness import ORTHANC, NodeProcess, Orthanc, storescu
 
 pytestmark = [
     pytest.mark.orthanc,
     pytest.mark.skipif(not Path(ORTHANC).exists(), reason="Debian orthanc is not installed"),
-    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed"),
+    pytest.mark.skipif(dcmtk("storescu") is None, reason="dcmtk is not installed"),
 ]
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,0 +1,61 @@
+"""Helpers every test package shares: free ports, and the real dcmtk and Orthanc programs.
+
+dcmtk's programs are found by absolute path (``/usr/bin/storescu``), never on
+PATH: inside an activated virtual environment pynetdicom's apps of the same
+names (``storescu``, ``storescp``, ``echoscu``) come first, and a test meant
+for dcmtk would test pynetdicom against itself.  :func:`dcmtk` also checks the
+program's version banner names DCMTK.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+DCMTK_DIR = Path("/usr/bin")
+ORTHANC = Path("/usr/sbin/Orthanc")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@functools.cache
+def dcmtk(program: str) -> str | None:
+    """The absolute path of a dcmtk program (``storescu``, ...), or None when dcmtk is absent."""
+    path = DCMTK_DIR / program
+    if not path.is_file():
+        return None
+    banner = subprocess.run(
+        [str(path), "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    return str(path) if "dcmtk" in (banner.stdout + banner.stderr).lower() else None
+
+
+def orthanc() -> str | None:
+    """The Debian package's Orthanc, or None."""
+    return str(ORTHANC) if ORTHANC.is_file() else None
+
+
+def storescu(
+    inputs: Sequence[str | Path],
+    port: int,
+    called_ae: str,
+    calling_ae: str = "STORESCU",
+    options: Sequence[str] = (),
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """dcmtk's ``storescu [options] -aet CALLING -aec CALLED 127.0.0.1 PORT inputs...``."""
+    tool = dcmtk("storescu")
+    if tool is None:
+        raise RuntimeError("dcmtk's storescu is not installed (Debian package dcmtk)")
+    command = [tool, "-aet", calling_ae, "-aec", called_ae, *options, "127.0.0.1", str(port)]
+    return subprocess.run(
+        [*command, *map(str, inputs)], check=False, capture_output=True, text=True, timeout=timeout
+    )
