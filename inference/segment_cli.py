@@ -28,7 +28,7 @@ import pydicom
 
 from config.errors import NodeError
 from config.schema import NodeConfig
-from inference.outputs import write_outputs
+from inference.outputs import OutputOptions, write_outputs
 from inference.pipeline import Segmenter
 from inference.preprocess import LPS_TO_RAS
 from inference.types import SegmentationResult
@@ -49,7 +49,8 @@ def run(config: NodeConfig, dicom_dir: Path, output_dir: Path) -> int:
         try:
             result = segmenter.segment(paths)
             write_results(result, target)
-            write_outputs(result, config.outputs, target)  # DICOM RT-Struct / SEG / SR
+            options = OutputOptions.from_config(config.dicom)  # no data_dir: derived device UID
+            write_outputs(result, config.outputs, target, options=options)  # RT-Struct/SEG/SR
         except NodeError as exc:
             LOGGER.error("series %s (%d files): %s", uid, len(paths), exc)
             failures += 1
