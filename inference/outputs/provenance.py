@@ -225,8 +225,22 @@ def read_source_headers(volume: Volume) -> list[Dataset]:
         if source.sop_instance_uid in seen:
             continue
         seen.add(source.sop_instance_uid)
-        headers.append(read_header(source.path, InferenceError, "source instance"))
+        headers.append(in_utf8(read_header(source.path, InferenceError, "source instance")))
     return headers
+
+
+def in_utf8(ds: Dataset) -> Dataset:
+    """The header with its text decoded by its own SpecificCharacterSet and re-declared UTF-8.
+
+    Sources use every character set pydicom reads (``\\ISO 2022 IR 87`` with an
+    empty first value, unknown names, ...); the writers copy patient and study
+    text from them, so each output is written in one character set that every
+    library accepts: ISO_IR 192 (UTF-8).  pydicom decodes an unknown set as
+    its default repertoire, with a warning.
+    """
+    ds.decode()  # every text element to str, by the source's own character set
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    return ds
 
 
 def slice_position(volume: Volume, k: int) -> list[float]:

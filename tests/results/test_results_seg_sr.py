@@ -257,3 +257,28 @@ def test_uid_root_is_validated(root: str) -> None:
     with pytest.raises(pydantic.ValidationError, match="uid_root"):
         NodeConfig.model_validate({"dicom": {"uid_root": root}})
     assert NodeConfig().dicom == Dicom(uid_root=None, seg_keep_empty_frames=False)
+
+
+@pytest.mark.parametrize(
+    "charset, name",
+    [
+        (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎"),  # JIS X 0208 by code extension
+        ("ISO_IR 100", "Müller^Jürgen"),
+        ("ISO_IR 999", "Doe^John"),  # unknown to pydicom: read as the default repertoire
+    ],
+)
+def test_every_output_is_written_whatever_the_source_character_set(
+    tmp_path: Path, charset: str | list[str], name: str
+) -> None:
+    paths, result = build_case(tmp_path / "series")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet = charset
+        ds.PatientName = name
+        ds.save_as(path)
+    written = write_outputs(result, ["rtstruct", "seg", "sr"], tmp_path / "out")
+    assert written.failed == {} and list(written.paths) == ["rtstruct", "seg", "sr"]
+    for path in written.paths.values():
+        ds = pydicom.dcmread(path)
+        if charset != "ISO_IR 999":
+            assert str(ds.PatientName) == name  # decoded and re-encoded, not mangled
