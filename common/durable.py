@@ -49,6 +49,16 @@ def write_durably(final: Path, data: bytes | Callable[[BinaryIO], None]) -> Path
     return final
 
 
+def restrict_umask() -> int:
+    """Make every file and folder this process creates owner-only (umask 077); returns the old one.
+
+    Called at the start of ``ai-node serve``, the worker and ``ai-node segment``:
+    the node's own writers set owner-only modes explicitly too, and this covers
+    what libraries write (SQLite's WAL and SHM files, log files, NIfTI masks).
+    """
+    return os.umask(0o077)
+
+
 def make_dirs_durably(directory: Path) -> None:
     """``mkdir -p`` (owner-only) that fsyncs each new directory into its parent."""
     missing: list[Path] = []

@@ -26,6 +26,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 
+from common.durable import restrict_umask
 from config.errors import NodeError
 from config.schema import NodeConfig
 from inference.outputs import OutputOptions, write_outputs
@@ -38,6 +39,7 @@ LOGGER = logging.getLogger(__name__)
 
 def run(config: NodeConfig, dicom_dir: Path, output_dir: Path) -> int:
     """Segment every series in ``dicom_dir``; return a process exit status."""
+    restrict_umask()  # the mask and lesions.json hold PHI: owner-only
     series = find_series(Path(dicom_dir))
     if not series:
         LOGGER.error("no DICOM image series found under %s", dicom_dir)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pydicom
 
+from common.durable import write_durably
 from config.errors import StorageError
 from storage.jobs import JobContext
 
@@ -40,7 +41,7 @@ def summarize_series(context: JobContext) -> None:
         "instances": instances,
     }
     target = context.work_dir / SUMMARY_NAME
-    target.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_durably(target, json.dumps(summary, indent=2).encode("utf-8"))
     LOGGER.info("job %d: summary of %d instance(s) written", context.job_id, len(instances))
 
 

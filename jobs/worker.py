@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
+from common.durable import restrict_umask
 from config.errors import ConfigError, NodeError, NoDestinationError
 from config.loader import load_config
 from config.schema import NodeConfig
@@ -168,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep running when the parent exits",
     )
     args = parser.parse_args(argv)
+    restrict_umask()  # everything the worker writes holds PHI
     try:
         config = load_config(args.config, overrides={"data_dir": args.data_dir})
     except ConfigError as exc:

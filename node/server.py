@@ -22,6 +22,7 @@ from types import FrameType
 
 from pynetdicom.transport import ThreadedAssociationServer
 
+from common.durable import restrict_umask
 from config.loader import log_effective
 from config.schema import NodeConfig
 from node.ae import accepted_sop_classes, build_ae
@@ -119,6 +120,7 @@ class Node:
 
 def serve(config: NodeConfig) -> int:
     """Run until SIGTERM or SIGINT; returns the exit status."""
+    restrict_umask()  # everything the node writes holds PHI: owner-only
     log_effective(config)
     stop = threading.Event()
 

@@ -16,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+from common.durable import make_dirs_durably
 from config.errors import StorageError
 from storage.instances import InstanceHeader, record_instance
 from storage.models import ReceivedInstance, ReceivedSeries
@@ -77,6 +78,6 @@ def _index_file(store: InstanceStore, relative: Path) -> bool:
 
 def _quarantine(store: InstanceStore, relative: Path, reason: str) -> None:
     target = store.data_dir / QUARANTINE_DIR / "__".join(relative.parts[1:])
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs_durably(target.parent)
     os.replace(store.data_dir / relative, target)
     LOGGER.error("reconciliation: moved %s to %s: %s", relative, target, reason)

@@ -174,3 +174,21 @@ def test_stopping_the_node_requeues_the_running_job(node_factory, tools, tmp_pat
     node.stop()  # SIGTERM to the worker mid-task
     (job,) = tools.jobs_of(series_uid)
     assert (job.state, job.attempts) == ("queued", 0)
+
+
+def test_everything_the_node_writes_is_owner_only(node_factory, tools, tmp_path) -> None:
+    """Instances, the database (with its WAL), job folders and their files hold PHI."""
+    node = node_factory()
+    series_uid = _queued_series(node, tools, tmp_path, n_slices=3)
+    _run_one(node.config)
+    assert tools.jobs_of(series_uid)[0].state == "succeeded"
+    data_dir = node.config.data_dir
+    paths = [data_dir, *data_dir.rglob("*")]
+    assert any(p.name == "node.sqlite" for p in paths) and any(p.suffix == ".dcm" for p in paths)
+    assert any(p.name == "summary.json" for p in paths)
+    loose = {
+        str(p.relative_to(data_dir)): oct(p.stat().st_mode & 0o777)
+        for p in paths
+        if p.stat().st_mode & 0o077
+    }
+    assert loose == {}
