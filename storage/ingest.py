@@ -5,6 +5,7 @@ The guarantee lives here, in this order, each step only when the previous succee
     parse the header      -> UNREADABLE / INVALID_UID
     match the request     -> MISMATCH
     already stored?       -> DUPLICATE (first copy kept) / CONFLICT
+    series in this study? -> CONFLICT (a SeriesInstanceUID already stored in another study)
     free space            -> NO_SPACE
     write, fsync, rename  -> WRITE_FAILED (temporary file removed)
     record in the index   -> INDEX_FAILED
@@ -39,6 +40,7 @@ from storage.instances import (
     is_stored,
     record_duplicate,
     record_instance,
+    series_study,
 )
 from storage.models import open_thread_connection
 from storage.store import InstanceStore
@@ -79,6 +81,7 @@ class Ingest:
         self.store = store
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._series_ids: dict[str, int] = {}  # SeriesInstanceUID -> row id, the fast path
+        self._studies: dict[str, str] = {}  # SeriesInstanceUID -> its StudyInstanceUID
 
     def ingest(
         self,
@@ -114,6 +117,9 @@ class Ingest:
             duplicate = record_duplicate(header, time.time())
             if duplicate is not None:
                 return _from_record(duplicate)
+        conflict = self._study_conflict(header)
+        if conflict:
+            return IngestOutcome(Result.CONFLICT, reason=conflict)
         try:
             self.store.check_free_space(len(data))
         except StorageError as exc:
@@ -129,6 +135,22 @@ class Ingest:
         except StorageError as exc:
             return IngestOutcome(Result.INDEX_FAILED, reason=str(exc))
         return _from_record(outcome)
+
+    def _study_conflict(self, header: InstanceHeader) -> str:
+        """Why the instance's series cannot be in its study, or ''."""
+        series_uid = header.series_instance_uid
+        study_uid = self._studies.get(series_uid)
+        if study_uid is None:
+            study_uid = series_study(series_uid)
+            if study_uid is None:
+                return ""
+            self._studies[series_uid] = study_uid
+        if study_uid == header.study_instance_uid:
+            return ""
+        return (
+            f"SeriesInstanceUID {series_uid} is already stored in study {study_uid}, "
+            f"not {header.study_instance_uid}"
+        )
 
 
 def _from_record(outcome: RecordOutcome) -> IngestOutcome:

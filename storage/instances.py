@@ -143,6 +143,16 @@ def find_instance(sop_instance_uid: str) -> ReceivedInstance | None:
     return ReceivedInstance.get_or_none(ReceivedInstance.sop_instance_uid == sop_instance_uid)
 
 
+def series_study(series_instance_uid: str) -> str | None:
+    """The StudyInstanceUID a stored series belongs to, or None when it is not stored."""
+    row = (
+        ReceivedSeries.select(ReceivedSeries.study_instance_uid)
+        .where(ReceivedSeries.series_instance_uid == series_instance_uid)
+        .first()
+    )
+    return None if row is None else str(row.study_instance_uid)
+
+
 def is_stored(sop_instance_uid: str) -> bool:
     query = ReceivedInstance.select(ReceivedInstance.id).where(
         ReceivedInstance.sop_instance_uid == sop_instance_uid
@@ -259,6 +269,11 @@ def _series_for(
             idle_since=now,
         )
         return series, False
+    if series.study_instance_uid != header.study_instance_uid:
+        raise StorageError(
+            f"SeriesInstanceUID {header.series_instance_uid} is already stored in study "
+            f"{series.study_instance_uid}, not {header.study_instance_uid}"
+        )
     reopened = series.state == SERIES_COMPLETE
     update: dict[peewee.Field, object] = {
         ReceivedSeries.last_received_at: now,

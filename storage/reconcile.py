@@ -72,7 +72,11 @@ def _index_file(store: InstanceStore, relative: Path) -> bool:
     except StorageError as exc:
         _quarantine(store, relative, str(exc))
         return False
-    record_instance(header, relative, path.stat().st_size, "", path.stat().st_mtime)
+    try:
+        record_instance(header, relative, path.stat().st_size, "", path.stat().st_mtime)
+    except StorageError as exc:
+        _quarantine(store, relative, str(exc))
+        return False
     return True
 
 
