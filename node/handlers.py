@@ -17,10 +17,10 @@ from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from config.schema import NodeConfig
-from node import access, statuses
+from node import access, metrics, statuses, transport
 from node.receive import status_for
 from node.sessions import Sessions
-from storage.completion import complete_if_count_matches
+from storage.completion import CompletionRules, complete_if_count_matches
 from storage.ingest import Ingest
 from storage.models import close_thread_connection, connected
 
@@ -28,12 +28,16 @@ LOGGER = logging.getLogger(__name__)
 
 
 def handle_requested(event: Event, config: NodeConfig) -> None:
-    """EVT_REQUESTED: reject (A-ASSOCIATE-RJ) an unknown calling AE or a wrong called AE."""
+    """EVT_REQUESTED: reject (A-ASSOCIATE-RJ) an unknown calling AE, a wrong called AE, a TLS
+    peer in clear (permanent), or any association beyond ``network.maximum_associations``
+    (transient, local limit exceeded: :func:`node.transport.admit`)."""
     assoc = event.assoc
     primitive = cast(A_ASSOCIATE, assoc.requestor.primitive)
     calling, called = str(primitive.calling_ae_title), str(primitive.called_ae_title)
     address = str(assoc.requestor.address)
-    refused = access.refusal(config, calling, called, address)
+    refused = access.refusal(config, calling, called, address, transport.is_tls(assoc))
+    if refused is None and not transport.admit(assoc):
+        refused = access.capacity_refusal(config)
     if refused is None:
         return
     LOGGER.warning(
@@ -42,9 +46,7 @@ def handle_requested(event: Event, config: NodeConfig) -> None:
         assoc.requestor.port,
         refused.reason,
     )
-    assoc.acse.send_reject(
-        access.REJECTED_PERMANENT, access.SOURCE_SERVICE_USER, refused.diagnostic
-    )
+    assoc.acse.send_reject(refused.result, refused.source, refused.diagnostic)
     assoc.kill()  # as pynetdicom's own rejection does: waits until the A-ASSOCIATE-RJ is out
 
 
@@ -91,9 +93,9 @@ def handle_store(event: Event, ingest: Ingest, sessions: Sessions) -> int:
     0xC210; INVALID_UID 0xC212; UID_CONFLICT 0xC213 (see :mod:`node.receive`).
     """
     request = cast(C_STORE, event.request)
-    calling = str(event.assoc.requestor.ae_title).strip()
+    calling = access.printable(event.assoc.requestor.ae_title)
     try:
-        data = event.encoded_dataset()
+        data = transport.received_dataset(event)  # a file when streamed, else bytes
     except AttributeError as exc:  # not a C-STORE request with a dataset
         LOGGER.warning("C-STORE from %r: no dataset: %s", calling, exc)
         return statuses.CANNOT_UNDERSTAND
@@ -105,6 +107,7 @@ def handle_store(event: Event, ingest: Ingest, sessions: Sessions) -> int:
     )
     sessions.count(event.assoc, outcome)
     status = status_for(outcome.result)
+    metrics.count_instance(outcome.result)
     if not outcome.result.kept:
         LOGGER.warning(
             "C-STORE from %r refused with 0x%04X: %s [%s]",
@@ -125,7 +128,7 @@ def handle_released(event: Event, sessions: Sessions, config: NodeConfig) -> Non
         if session.series_ids:
             with connected():
                 complete_if_count_matches(
-                    sorted(session.series_ids), config.receive.segment_sop_classes
+                    sorted(session.series_ids), CompletionRules.from_config(config)
                 )
     finally:
         sessions.close(event.assoc, "released")

@@ -23,14 +23,17 @@ from types import FrameType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from common.durable import restrict_umask
+from config.errors import ConfigError
 from config.loader import log_effective
 from config.schema import NodeConfig
 from node.ae import accepted_sop_classes, build_ae
 from node.delivery import DeliveryService
 from node.handlers import build_handlers
+from node.metrics import MetricsServer, scp_listening
 from node.sessions import Sessions
 from node.supervisor import WorkerSupervisor, worker_command
-from storage.completion import CompletionDetector, resume_timers
+from node.transport import listen
+from storage.completion import CompletionDetector, CompletionRules, resume_timers
 from storage.db import init_database
 from storage.ingest import Ingest
 from storage.jobs import requeue_after_restart
@@ -54,9 +57,11 @@ class Node:
         self.deliver = deliver
         self.sessions = Sessions()
         self.server: ThreadedAssociationServer | None = None
+        self.tls_server: ThreadedAssociationServer | None = None  # tls.port, when set
         self.detector: CompletionDetector | None = None
         self.supervisor: WorkerSupervisor | None = None
         self.delivery: DeliveryService | None = None
+        self.metrics: MetricsServer | None = None
 
     def start(self) -> None:
         config = self.config
@@ -68,9 +73,8 @@ class Node:
         resume_timers(time.time())
         ae = build_ae(config)
         handlers = build_handlers(config, Ingest(store), self.sessions)
-        self.server = ae.start_server(
-            (config.bind, config.port), block=False, evt_handlers=handlers
-        )
+        # limits, deadlines, TLS and streamed C-STORE data sets: node/transport.py
+        self.server, self.tls_server = listen(ae, config, handlers)
         LOGGER.info(
             "Storage SCP %s listening on %s:%d (%d storage SOP classes)",
             config.ae_title,
@@ -81,7 +85,7 @@ class Node:
         self.detector = CompletionDetector(
             config.completion.idle_seconds,
             config.completion.check_interval_seconds,
-            config.receive.segment_sop_classes,
+            CompletionRules.from_config(config),
         )
         self.detector.start()
         if config.worker.processes:
@@ -94,6 +98,9 @@ class Node:
         if self.deliver:
             self.delivery = DeliveryService(config)
             self.delivery.start()
+        if config.metrics.enabled:  # /metrics and /healthz (node/metrics.py)
+            self.metrics = MetricsServer(config, lambda: scp_listening(self.server))
+            self.metrics.start()
 
     @property
     def port(self) -> int:
@@ -102,12 +109,18 @@ class Node:
 
     def stop(self) -> None:
         """Stop listening (aborting open associations), then the threads and workers; idempotent."""
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         if self.delivery is not None:
             self.delivery.stop()
             self.delivery = None
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+        if self.tls_server is not None:
+            self.tls_server.shutdown()
+            self.tls_server = None
         if self.detector is not None:
             self.detector.stop()
             self.detector = None
@@ -137,6 +150,10 @@ def serve(config: NodeConfig) -> int:
         LOGGER.error("cannot listen on %s:%d: %s", config.bind, config.port, exc.strerror or exc)
         node.stop()
         return 1
+    except ConfigError as exc:  # e.g. a TLS key others can read
+        LOGGER.error("%s", exc)
+        node.stop()
+        return 2
     try:
         while not stop.wait(1.0):
             pass

@@ -10,9 +10,15 @@ A series is complete
   a series made of a single Enhanced (multi-frame) instance.
 
 Completing a series whose instances include a SOP class listed in
-``receive.segment_sop_classes`` queues a job for it with :func:`storage.jobs.create` (one write transaction,
-so a series is queued exactly once per completion).  Earlier jobs of the same
-series get ``superseded_by`` pointing at the new one.
+``receive.segment_sop_classes`` creates a job for it with :func:`storage.jobs.create`
+in the same write transaction, so a series gets exactly one job per completion:
+``queued``, or ``skipped`` with the rule of :mod:`storage.gating` that refused
+it.  Earlier jobs of the same series get ``superseded_by`` pointing at the new
+one.  The completion's log line is written once the transaction committed.
+
+The idle timer runs in :class:`CompletionDetector`; a round that fails (a full
+disk, a database fault) is logged once per condition and retried with back-off
+(:class:`common.retry.Backoff`), not with a traceback every half second.
 
 After a restart, :func:`resume_timers` restarts the idle timer of every series
 still receiving at the start-up time: a sender that was cut off by the restart
@@ -26,8 +32,15 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
-from storage import jobs
+import peewee
+
+from common.retry import Backoff
+from config.errors import StorageError
+from config.schema import Gating, NodeConfig
+from storage import gating, jobs
 from storage.models import (
     COMPLETED_BY_COUNT,
     COMPLETED_BY_IDLE,
@@ -76,7 +89,20 @@ def expected_count(rows: Sequence[tuple[str, int | None, int | None]]) -> int | 
     return total
 
 
-def complete_if_count_matches(series_ids: Iterable[int], segment_classes: Sequence[str]) -> None:
+@dataclass(frozen=True)
+class CompletionRules:
+    """What completing a series needs to know: which classes are segmented, and the gate."""
+
+    segment_classes: tuple[str, ...]
+    gating: Gating
+    data_dir: Path
+
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> CompletionRules:
+        return cls(tuple(config.receive.segment_sop_classes), config.gating, config.data_dir)
+
+
+def complete_if_count_matches(series_ids: Iterable[int], rules: CompletionRules) -> None:
     """Called when an association is released: complete every series whose count matches."""
     for series_id in series_ids:
         with write_transaction():
@@ -89,12 +115,14 @@ def complete_if_count_matches(series_ids: Iterable[int], segment_classes: Sequen
                     ReceivedSeries.id == series_id
                 ).execute()
             if expected is not None and expected == series.instance_count:
-                _complete(series, COMPLETED_BY_COUNT, segment_classes, time.time())
+                message = _complete(series, COMPLETED_BY_COUNT, rules, time.time())
+            else:
+                message = None
+        if message:
+            LOGGER.info(message)  # once committed
 
 
-def complete_idle_series(
-    now: float, idle_seconds: float, segment_classes: Sequence[str]
-) -> list[int]:
+def complete_idle_series(now: float, idle_seconds: float, rules: CompletionRules) -> list[int]:
     """Complete every receiving series idle for ``idle_seconds``; returns their ids."""
     cutoff = now - idle_seconds
     candidates = [
@@ -109,8 +137,9 @@ def complete_idle_series(
             series = ReceivedSeries.get_or_none(ReceivedSeries.id == series_id)
             if series is None or series.state != SERIES_RECEIVING or series.idle_since > cutoff:
                 continue  # something arrived meanwhile
-            _complete(series, COMPLETED_BY_IDLE, segment_classes, now)
-            done.append(series_id)
+            message = _complete(series, COMPLETED_BY_IDLE, rules, now)
+        LOGGER.info(message)  # once committed
+        done.append(series_id)
     return done
 
 
@@ -136,55 +165,65 @@ def _announcements(series_id: int) -> list[tuple[str, int | None, int | None]]:
     return [(r.sop_class_uid, r.acquisition_number, r.images_in_acquisition) for r in query]
 
 
-def _is_segmented(series_id: int, segment_classes: Sequence[str]) -> bool:
-    query = ReceivedInstance.select(ReceivedInstance.id).where(
-        (ReceivedInstance.series == series_id)
-        & (ReceivedInstance.sop_class_uid.in_(list(segment_classes)))
+def _segmented_instances(series_id: int, segment_classes: Sequence[str]) -> list[ReceivedInstance]:
+    query = (
+        ReceivedInstance.select()
+        .where(
+            (ReceivedInstance.series == series_id)
+            & (ReceivedInstance.sop_class_uid.in_(list(segment_classes)))
+        )
+        .order_by(ReceivedInstance.instance_number, ReceivedInstance.id)
     )
-    return bool(query.exists())
+    return list(query)
 
 
-def _complete(
-    series: ReceivedSeries, how: str, segment_classes: Sequence[str], now: float
-) -> jobs.Job | None:
-    """Inside a write transaction: mark complete and queue a job when the class is segmented."""
+def _complete(series: ReceivedSeries, how: str, rules: CompletionRules, now: float) -> str:
+    """Inside a write transaction: mark complete and, for a segmented class, create its job
+    (queued, or skipped by the gate); returns the log line to write once committed."""
     ReceivedSeries.update(state=SERIES_COMPLETE, completed_at=now, completed_by=how).where(
         ReceivedSeries.id == series.id
     ).execute()
-    job = None
-    if _is_segmented(series.id, segment_classes):
-        job = jobs.create(series, now)
-    LOGGER.info(
-        "series %s complete (%s): %d instance(s), modality %s, %s",
-        series.series_instance_uid,
-        how,
-        series.instance_count,
-        series.modality or "?",
-        f"job {job.id} queued" if job else "stored only (not a segmented SOP class)",
+    instances = _segmented_instances(series.id, rules.segment_classes)
+    if not instances:
+        outcome = "stored only (not a segmented SOP class)"
+    else:
+        slices = (
+            len(instances) if len(instances) > 1 else max(1, instances[0].number_of_frames or 1)
+        )
+        refusal = gating.evaluate(rules.gating, rules.data_dir / instances[0].path, slices)
+        job = jobs.create(series, now, skipped_reason=None if refusal is None else str(refusal))
+        outcome = f"job {job.id} queued" if refusal is None else f"job {job.id} skipped: {refusal}"
+    return (
+        f"series {series.series_instance_uid} complete ({how}): {series.instance_count} "
+        f"instance(s), modality {series.modality or '?'}, {outcome}"
     )
-    return job
 
 
 class CompletionDetector(threading.Thread):
     """Background thread of ``ai-node serve`` that runs the idle timer."""
 
-    def __init__(
-        self, idle_seconds: float, interval: float, segment_classes: Sequence[str]
-    ) -> None:
+    def __init__(self, idle_seconds: float, interval: float, rules: CompletionRules) -> None:
         super().__init__(name="completion-detector", daemon=True)
         self.idle_seconds = idle_seconds
         self.interval = interval
-        self.segment_classes = tuple(segment_classes)
+        self.rules = rules
         self._stop_event = threading.Event()
+        self._backoff = Backoff("completion check", LOGGER, initial=interval)
 
     def run(self) -> None:
+        delay = self.interval
         try:
-            while not self._stop_event.wait(self.interval):
+            while not self._stop_event.wait(delay):
                 try:
                     open_thread_connection()
-                    complete_idle_series(time.time(), self.idle_seconds, self.segment_classes)
-                except Exception:  # keep the timer alive whatever one round hit
-                    LOGGER.exception("completion check failed; retrying in %.1f s", self.interval)
+                    complete_idle_series(time.time(), self.idle_seconds, self.rules)
+                except (peewee.PeeweeException, OSError, StorageError) as exc:  # disk full, ...
+                    delay = self._backoff.failed(exc)
+                except Exception as exc:  # a bug: its traceback once, then back-off
+                    delay = self._backoff.failed(exc, expected=False)
+                else:
+                    self._backoff.succeeded()
+                    delay = self.interval
         finally:
             close_thread_connection()
 

@@ -59,6 +59,7 @@ def node_settings(
         "peers": [{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc_port}],
         "destinations": [{"reply_to_sender": True}],
         "completion": {"idle_seconds": 3, "check_interval_seconds": 0.2},
+        "gating": {"min_slices": 1, "min_coverage_mm": 0},  # small test cases too
         "delivery": {"poll_interval_seconds": 0.2, "backoff_initial_seconds": 1},
         "worker": {"poll_interval_seconds": 0.2},
         "outputs": outputs,
