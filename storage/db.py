@@ -25,6 +25,8 @@ MODEL_MODULES: tuple[str, ...] = (
     "storage.jobs",
     "storage.outbox",
     "storage.followup",
+    "storage.tracking",
+    "storage.rano",
 )
 
 SQLITE_PRAGMAS = {

@@ -57,6 +57,7 @@ class Patient(BaseModel):
 class Study(BaseModel):
     id = peewee.AutoField()
     patient = peewee.ForeignKeyField(Patient, backref="studies", on_delete="CASCADE")
+    patient_id: int
     study_instance_uid = peewee.CharField(max_length=64, unique=True)
     study_date = peewee.CharField(max_length=8, default="")
     accession_number = peewee.CharField(max_length=16, default="")
@@ -69,6 +70,7 @@ class Study(BaseModel):
 class Series(BaseModel):
     id = peewee.AutoField()
     study = peewee.ForeignKeyField(Study, backref="series", on_delete="CASCADE")
+    study_id: int
     series_instance_uid = peewee.CharField(max_length=64, unique=True)
     series_description = peewee.CharField(max_length=64, default="")
     frame_of_reference_uid = peewee.CharField(max_length=64, default="")
@@ -107,6 +109,7 @@ class SegmentationRun(BaseModel):
 class Lesion(BaseModel):
     id = peewee.AutoField()
     run = peewee.ForeignKeyField(SegmentationRun, backref="lesions", on_delete="CASCADE")
+    run_id: int
     roi_number = peewee.IntegerField()  # "Lesion n" of the RT-Struct / SEG segment n
     voxel_count = peewee.IntegerField()
     volume_mm3 = peewee.FloatField()
