@@ -32,7 +32,8 @@ class Backoff:
 
     def failed(self, exc: BaseException, expected: bool = True) -> float:
         """Record a failed round; returns the delay before the next one."""
-        reason = f"{type(exc).__name__}: {exc}"
+        root = root_cause(exc)
+        reason = f"{type(root).__name__}: {root}"
         self.failures += 1
         if reason != self._reason:
             self._reason = reason
@@ -53,3 +54,15 @@ class Backoff:
         if self.failures:
             self.logger.warning("%s recovered after %d failed round(s)", self.what, self.failures)
         self.failures, self._reason, self.delay = 0, None, self.initial
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The first exception of a chain: SQLite's "database or disk is full", say, rather
+    than the "cannot rollback" that the failed transaction's clean-up raised after it."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner

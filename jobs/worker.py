@@ -32,7 +32,11 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
+import peewee
+
 from common.durable import restrict_umask
+from common.logs import configure_logging
+from common.retry import Backoff
 from config.errors import ConfigError, NodeError, NoDestinationError
 from config.loader import load_config
 from config.schema import NodeConfig
@@ -103,8 +107,7 @@ def run_job(context: JobContext, task_name: str) -> bool:
     except Exception as exc:
         LOGGER.exception("job %d: internal error", context.job_id)
         reason = f"internal error: {exc!r}"
-    with connected():
-        current = finish(context.job_id, state, reason)
+    current = _record_outcome(context.job_id, state, reason)
     elapsed = time.monotonic() - started
     if not current:
         LOGGER.info("job %d: superseded while running; its result is outdated", context.job_id)
@@ -116,12 +119,34 @@ def run_job(context: JobContext, task_name: str) -> bool:
     return state == jobs.SUCCEEDED and current
 
 
+def _record_outcome(job_id: int, state: str, reason: str | None) -> bool:
+    """Finish the job; while the database refuses (a full disk, say), wait and try again,
+    one log line per condition: the outcome of a job that ran is never dropped."""
+    backoff = Backoff(f"recording the end of job {job_id}", LOGGER, initial=1.0, maximum=30.0)
+    while True:
+        try:
+            with connected():
+                return finish(job_id, state, reason)
+        except (peewee.PeeweeException, OSError) as exc:
+            time.sleep(backoff.failed(exc))
+
+
 def run_worker(config: NodeConfig, stop: threading.Event, max_jobs: int | None = None) -> int:
-    """Claim and run jobs until ``stop`` is set (or ``max_jobs`` ran); returns jobs run."""
+    """Claim and run jobs until ``stop`` is set (or ``max_jobs`` ran); returns jobs run.
+
+    A database fault while claiming (a full disk, say) is logged once per
+    condition and retried with back-off; the worker stays up.
+    """
     done = 0
+    backoff = Backoff("claiming a job", LOGGER, initial=config.worker.poll_interval_seconds)
     while not stop.is_set() and (max_jobs is None or done < max_jobs):
-        with connected():
-            context = claim_next(config)
+        try:
+            with connected():
+                context = claim_next(config)
+        except (peewee.PeeweeException, OSError) as exc:
+            stop.wait(backoff.failed(exc))
+            continue
+        backoff.succeeded()
         if context is None:
             stop.wait(config.worker.poll_interval_seconds)
             continue
@@ -175,10 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"jobs.worker: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format, role="worker")
     if not args.no_parent_watch:
         # the supervisor names itself: a parent that died while we started is noticed too
         watch_parent(args.parent_pid or os.getppid())

@@ -20,6 +20,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+import peewee
+
+from common.retry import Backoff
 from config.errors import ConfigError
 from config.schema import NodeConfig
 from storage.jobs import requeue_after_worker_death
@@ -68,15 +71,31 @@ class WorkerSupervisor(threading.Thread):
         self.slots = [_Slot() for _ in range(processes)]
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
+        #: dead workers whose jobs could not be re-queued yet (the database failed)
+        self._unrecorded: list[int] = []
+        self._backoff = Backoff("worker supervision", LOGGER, initial=0.5, maximum=30.0)
 
     def run(self) -> None:
-        while not self._stop_event.is_set():
-            for slot in self.slots:
-                try:
+        delay = 0.5
+        while not self._stop_event.wait(delay):
+            try:
+                self._record_deaths()
+                for slot in self.slots:
                     self._tend(slot)
-                except Exception:  # the supervisor must outlive any one failure
-                    LOGGER.exception("worker supervision failed; retrying")
-            self._stop_event.wait(0.5)
+            except (peewee.PeeweeException, OSError) as exc:  # disk full, database gone
+                delay = self._backoff.failed(exc)
+            except Exception as exc:  # the supervisor must outlive any one failure
+                delay = self._backoff.failed(exc, expected=False)
+            else:
+                self._backoff.succeeded()
+                delay = 0.5
+
+    def _record_deaths(self) -> None:
+        """Count each dead worker against its job; kept until the database accepts it."""
+        while self._unrecorded:
+            with connected():
+                requeue_after_worker_death(self._unrecorded[0], self.max_attempts)
+            self._unrecorded.pop(0)
 
     def _tend(self, slot: _Slot) -> None:
         now = time.monotonic()
@@ -84,6 +103,7 @@ class WorkerSupervisor(threading.Thread):
         if process is not None and process.poll() is not None:
             self._reap(slot, process, now)
             process = None
+            self._record_deaths()
         with self._lock:
             if process is None and now >= slot.restart_at and not self._stop_event.is_set():
                 slot.process = subprocess.Popen(self.command)
@@ -92,8 +112,7 @@ class WorkerSupervisor(threading.Thread):
 
     def _reap(self, slot: _Slot, process: subprocess.Popen[bytes], now: float) -> None:
         LOGGER.error("worker process %d exited with %s", process.pid, process.returncode)
-        with connected():
-            requeue_after_worker_death(process.pid, self.max_attempts)
+        self._unrecorded.append(process.pid)  # recorded by _record_deaths, retried on failure
         if now - slot.started > HEALTHY_AFTER:
             slot.backoff = BACKOFF_INITIAL
         slot.restart_at = now + slot.backoff

@@ -221,8 +221,8 @@ def claim_next(config: NodeConfig, worker_pid: int | None = None) -> JobContext 
             stage_started_at=None,
         )
         paths = instance_paths(job.series_id, config.data_dir)
-    work_dir = config.data_dir / JOBS_DIR / str(job.id)
-    _make_private_dirs(work_dir)
+        work_dir = config.data_dir / JOBS_DIR / str(job.id)
+        _make_private_dirs(work_dir)  # a full disk rolls the claim back: the job stays queued
     return JobContext(
         job_id=job.id,
         series_instance_uid=job.series_instance_uid,

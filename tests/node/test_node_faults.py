@@ -1,0 +1,102 @@
+"""Faults of the disk under the node: one clear line per condition, back-off, and recovery.
+
+The data folder is a small tmpfs mounted for the test (root only; skipped elsewhere),
+filled up while a series waits for its idle timer and while a worker claims jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobs.worker import run_worker
+from storage.models import connected
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Fill the disk to the last byte; returns the filler to delete."""
+    filler = disk / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_full_disk_during_completion_backs_off_and_recovers(
+    node_factory, tools, tmp_path, small_disk, caplog
+) -> None:
+    node = node_factory(
+        data_dir=str(small_disk / "data"),
+        receive={"min_free_disk_mb": 0},
+        completion={"idle_seconds": 0.5, "check_interval_seconds": 0.1},
+    )
+    paths = tools.series_dir(tmp_path / "in", n_slices=3, images_in_acquisition=False)
+    with caplog.at_level(logging.INFO):
+        assert tools.pynetdicom_send(paths, node.port) == [0, 0, 0]
+        filler = _fill(small_disk)
+        time.sleep(4)  # 40 rounds of the idle timer against a full disk
+        failed = [r for r in caplog.records if "completion check failed" in r.getMessage()]
+        queued = [r for r in caplog.records if "queued" in r.getMessage()]
+        assert len(failed) == 1 and "full" in failed[0].getMessage()
+        assert queued == [] and not any(r.exc_info for r in caplog.records)
+        filler.unlink()
+        series_uid = tools.uid_of(paths[0])
+        tools.wait_for(lambda: tools.jobs_of(series_uid), timeout=60)
+    assert [j.state for j in tools.jobs_of(series_uid)] == ["queued"]
+    assert any("completion check recovered" in r.getMessage() for r in caplog.records)
+
+
+def test_full_disk_when_claiming_leaves_the_job_queued(
+    node_factory, tools, tmp_path, small_disk, caplog
+) -> None:
+    node = node_factory(data_dir=str(small_disk / "data"), receive={"min_free_disk_mb": 0})
+    paths = tools.series_dir(tmp_path / "in", n_slices=3)
+    assert tools.pynetdicom_send(paths, node.port) == [0, 0, 0]
+    series_uid = tools.uid_of(paths[0])
+    tools.wait_for(lambda: tools.jobs_of(series_uid))
+    filler = _fill(small_disk)
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="jobs.worker"):
+        worker = threading.Thread(target=run_worker, args=(node.config, stop), daemon=True)
+        worker.start()
+        time.sleep(3)
+        assert [j.state for j in tools.jobs_of(series_uid)] == ["queued"]  # never half-claimed
+        failures = [r for r in caplog.records if "claiming a job failed" in r.getMessage()]
+        assert len(failures) == 1
+        filler.unlink()
+        tools.wait_for(lambda: tools.jobs_of(series_uid)[0].state == "succeeded", timeout=60)
+        stop.set()
+        worker.join(10)
+    with connected():
+        assert tools.jobs_of(series_uid)[0].worker_deaths == 0
