@@ -15,6 +15,8 @@ import peewee
 from playhouse.db_url import connect
 from playhouse.migrate import SchemaMigrator, migrate
 
+from config.errors import StorageError
+
 LOGGER = logging.getLogger(__name__)
 
 database = peewee.DatabaseProxy()
@@ -55,7 +57,29 @@ def all_models() -> list[type[BaseModel]]:
 
 
 def init_database(sqlite_path: Path, url: str | None = None) -> peewee.Database:
-    """Bind the proxy to the configured database and create missing tables."""
+    """Bind the proxy to the configured database and create missing tables.
+
+    Raises :class:`StorageError` with a sentence (the database, and why) when it
+    cannot be opened or written: a read-only or missing folder, a bad URL.
+    """
+    where = _redacted(url) if url else str(sqlite_path)
+    try:
+        return _init_database(sqlite_path, url)
+    except (peewee.PeeweeException, OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StorageError(f"cannot open the database {where}: {reason}") from exc
+
+
+def _redacted(url: str) -> str:
+    """A database URL without its password, for messages."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, _, credentials = head.partition("://")
+    return f"{scheme}://{credentials.split(':')[0]}:***@{tail}"
+
+
+def _init_database(sqlite_path: Path, url: str | None) -> peewee.Database:
     if url:
         db = connect(url)
     else:

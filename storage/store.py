@@ -17,8 +17,9 @@ import logging
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from common.durable import PART_SUFFIX, make_dirs_durably, write_durably
 from config.errors import InvalidUIDError, StorageError
@@ -55,7 +56,12 @@ class InstanceStore:
         self.min_free_bytes = min_free_disk_mb * 1024 * 1024
         self._dir_lock = threading.Lock()
         self._known_dirs: set[Path] = set()
-        make_dirs_durably(self.root)
+        try:
+            make_dirs_durably(self.root)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot use the instance store {self.root}: {exc.strerror or exc}"
+            ) from exc
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """Path of an instance relative to ``data_dir``; every UID is validated."""
@@ -78,12 +84,13 @@ class InstanceStore:
                 f"reserve is {self.min_free_bytes // (1024 * 1024)} MiB"
             )
 
-    def write(self, relative: Path, data: bytes) -> Path:
-        """Write ``data`` durably at ``data_dir / relative`` (replacing any file there)."""
+    def write(self, relative: Path, data: bytes | Path) -> Path:
+        """Write ``data`` durably at ``data_dir / relative`` (replacing any file there);
+        ``data`` may be a file (a streamed C-STORE data set), copied in 1 MiB chunks."""
         final = self.data_dir / relative
         try:
             self._ensure_dir(final.parent)
-            write_durably(final, data)
+            write_durably(final, data if isinstance(data, bytes) else _copier(data))
         except OSError as exc:
             raise StorageError(f"cannot store {relative.name}: {exc.strerror or exc}") from exc
         return final
@@ -108,6 +115,14 @@ class InstanceStore:
                         entry.unlink(missing_ok=True)
                     elif entry.suffix == SUFFIX and entry.is_file():
                         yield entry.relative_to(self.data_dir)
+
+
+def _copier(source: Path) -> Callable[[BinaryIO], None]:
+    def copy(target: BinaryIO) -> None:
+        with source.open("rb") as handle:
+            shutil.copyfileobj(handle, target, 1024 * 1024)
+
+    return copy
 
 
 def _subdirs(directory: Path) -> Iterator[Path]:

@@ -100,3 +100,19 @@ def test_full_disk_when_claiming_leaves_the_job_queued(
         worker.join(10)
     with connected():
         assert tools.jobs_of(series_uid)[0].worker_deaths == 0
+
+
+def test_a_read_only_data_dir_is_a_sentence_not_a_traceback(tools, tmp_path, small_disk) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    config = tools.write_config(tmp_path, data_dir=str(small_disk / "data"))
+    result = subprocess.run(
+        [tools.ai_node_script(), "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"cannot open the database {small_disk / 'data' / 'node.sqlite'}" in result.stderr
+    assert "Read-only file system" in result.stderr
