@@ -7,7 +7,8 @@
 2. write the configured DICOM outputs (``outputs:``) durably into the job's
    work folder, each on its own: one that fails does not stop the others;
 3. record the run and its lesions in the follow-up record (a rerun of the
-   same model on the same series replaces them);
+   same model on the same series replaces them), register it to the patient's
+   previous study, track its lesions and assess RANO-BM (:mod:`jobs.followup`);
 4. queue one delivery per written output and destination in the outbox, in
    one transaction with the check that the job is still running
    (:func:`storage.jobs.enqueue_results`): a job superseded meanwhile queues
@@ -40,7 +41,8 @@ from config.errors import DeliveryError, InferenceError, NoDestinationError, Sto
 from config.schema import Model
 from inference.outputs import OutputOptions, write_outputs
 from inference.pipeline import Segmenter
-from storage import followup, jobs, outbox
+from jobs.followup import record_and_track
+from storage import jobs, outbox
 from storage.jobs import JobContext
 
 LOGGER = logging.getLogger(__name__)
@@ -87,10 +89,12 @@ def segment_job(context: JobContext) -> str | None:
 
     with _stage(context, "followup"):
         source = read_header(result.volume.slices[0].path, StorageError, "stored instance")
-        followup.record_run(
+        record_and_track(  # the run, then its tracks and RANO-BM (jobs/followup.py)
             source,
             result.provenance,
             result.lesions,
+            result.volume,
+            context.config.data_dir,
             job_id=context.job_id,
             timings=result.timings,
             notes=result.volume.notes,
