@@ -21,6 +21,7 @@ from config.schema import NodeConfig
 from node.scu import send_file
 from storage import outbox
 from storage.models import close_thread_connection, open_thread_connection
+from storage.reconcile import note_delivery
 
 LOGGER = logging.getLogger(__name__)
 
@@ -126,6 +127,10 @@ class DeliveryService:
             self._failed(delivery, f"internal error: {exc}")
             return
         outbox.mark_sent(delivery)
+        try:
+            note_delivery(self.config.data_dir, delivery.job_id)  # survives a lost database
+        except (NodeError, OSError) as exc:
+            LOGGER.warning("delivery %s: cannot write the delivered marker: %s", delivery.id, exc)
         LOGGER.info(
             "delivery %s sent: %s %s to %s@%s:%s in %.2f s (attempt %d)",
             delivery.id,

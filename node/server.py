@@ -34,11 +34,11 @@ from node.sessions import Sessions
 from node.supervisor import WorkerSupervisor, worker_command
 from node.transport import listen
 from storage.completion import CompletionDetector, CompletionRules, resume_timers
-from storage.db import init_database
+from storage.db import DatabaseFile, init_database
 from storage.ingest import Ingest
 from storage.jobs import requeue_after_restart
 from storage.models import close_thread_connection, open_thread_connection
-from storage.reconcile import reconcile
+from storage.reconcile import reconcile, restore_delivered
 from storage.store import InstanceStore
 
 LOGGER = logging.getLogger(__name__)
@@ -62,15 +62,20 @@ class Node:
         self.supervisor: WorkerSupervisor | None = None
         self.delivery: DeliveryService | None = None
         self.metrics: MetricsServer | None = None
+        self.store: InstanceStore | None = None
+        self._database_file: DatabaseFile | None = None
 
     def start(self) -> None:
         config = self.config
         init_database(config.database_path, config.database_url)
         store = InstanceStore(config.data_dir, config.receive.min_free_disk_mb)
+        self.store = store
         open_thread_connection()  # held while the node runs: see open_thread_connection
         reconcile(store)
+        restore_delivered(store)
         requeue_after_restart()
         resume_timers(time.time())
+        self._database_file = DatabaseFile.of(config.database_path, config.database_url)
         ae = build_ae(config)
         handlers = build_handlers(config, Ingest(store), self.sessions)
         # limits, deadlines, TLS and streamed C-STORE data sets: node/transport.py
@@ -86,6 +91,7 @@ class Node:
             config.completion.idle_seconds,
             config.completion.check_interval_seconds,
             CompletionRules.from_config(config),
+            health=self.check_database,
         )
         self.detector.start()
         if config.worker.processes:
@@ -101,6 +107,32 @@ class Node:
         if config.metrics.enabled:  # /metrics and /healthz (node/metrics.py)
             self.metrics = MetricsServer(config, lambda: scp_listening(self.server))
             self.metrics.start()
+
+    def check_database(self) -> None:
+        """Each round of the completion detector: when the SQLite file was deleted or replaced
+        under the running node, rebuild it from the stored files instead of failing every
+        C-STORE until a restart (series already delivered are restored, not sent again)."""
+        if self._database_file is None or self.store is None:
+            return
+        if not self._database_file.replaced():
+            return
+        config = self.config
+        LOGGER.critical(
+            "the database %s was removed or replaced while the node ran: rebuilding it from "
+            "the stored instances",
+            config.database_path,
+        )
+        init_database(config.database_path, config.database_url)
+        open_thread_connection()
+        self._database_file = DatabaseFile.of(config.database_path, config.database_url)
+        added = reconcile(self.store)
+        restored = restore_delivered(self.store)
+        resume_timers(time.time())
+        LOGGER.warning(
+            "database rebuilt: %d instance(s) indexed, %d delivered series restored",
+            added,
+            restored,
+        )
 
     @property
     def port(self) -> int:

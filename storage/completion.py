@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,11 +202,18 @@ def _complete(series: ReceivedSeries, how: str, rules: CompletionRules, now: flo
 class CompletionDetector(threading.Thread):
     """Background thread of ``ai-node serve`` that runs the idle timer."""
 
-    def __init__(self, idle_seconds: float, interval: float, rules: CompletionRules) -> None:
+    def __init__(
+        self,
+        idle_seconds: float,
+        interval: float,
+        rules: CompletionRules,
+        health: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(name="completion-detector", daemon=True)
         self.idle_seconds = idle_seconds
         self.interval = interval
         self.rules = rules
+        self.health = health  # run first in every round (the node's database watch)
         self._stop_event = threading.Event()
         self._backoff = Backoff("completion check", LOGGER, initial=interval)
 
@@ -215,6 +222,8 @@ class CompletionDetector(threading.Thread):
         try:
             while not self._stop_event.wait(delay):
                 try:
+                    if self.health is not None:
+                        self.health()
                     open_thread_connection()
                     complete_idle_series(time.time(), self.idle_seconds, self.rules)
                 except (peewee.PeeweeException, OSError, StorageError) as exc:  # disk full, ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import peewee
@@ -112,3 +113,27 @@ def add_missing_columns(db: peewee.Database, models: list[type[BaseModel]]) -> l
     if added:
         LOGGER.warning("database schema upgraded: added %s", ", ".join(added))
     return added
+
+
+@dataclass(frozen=True)
+class DatabaseFile:
+    """The identity (device, inode) of the SQLite file the node opened."""
+
+    path: Path
+    identity: tuple[int, int]
+
+    @classmethod
+    def of(cls, sqlite_path: Path, url: str | None = None) -> DatabaseFile | None:
+        """None for a database reached by URL (nothing to watch)."""
+        if url:
+            return None
+        stat = sqlite_path.stat()
+        return cls(sqlite_path, (stat.st_dev, stat.st_ino))
+
+    def replaced(self) -> bool:
+        """True when the file is gone or is another file than the one opened."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return True
+        return (stat.st_dev, stat.st_ino) != self.identity

@@ -153,6 +153,23 @@ def create(series: ReceivedSeries, now: float, skipped_reason: str | None = None
     return job
 
 
+def create_restored(series: ReceivedSeries, now: float, reason: str) -> Job:
+    """A ``succeeded`` job for a series whose results were delivered before the database
+    was rebuilt (:func:`storage.reconcile.restore_delivered`)."""
+    job: Job = Job.create(
+        series=series.id,
+        series_instance_uid=series.series_instance_uid,
+        study_instance_uid=series.study_instance_uid,
+        calling_ae_title=series.calling_ae_title,
+        state=SUCCEEDED,
+        reason=reason,
+        instance_count=series.instance_count,
+        created_at=now,
+        finished_at=now,
+    )
+    return job
+
+
 def supersede_series(series_id: int, now: float, reason: str) -> int:
     """Supersede every unfinished job of a series and withdraw their deliveries; returns how many."""
     count = 0

@@ -7,20 +7,28 @@ so after a power failure a file may exist whose row does not.  At start-up
 :func:`reconcile` indexes every such file (a file that cannot be read, or whose
 UIDs do not match its path, is moved to ``data_dir/quarantine``), and removes
 temporary files of writes that never finished.
+
+A series whose results were all delivered carries a marker file beside its
+instances (:func:`note_delivery`).  When the database itself is lost and
+rebuilt from the files (deleted at run time, or restored from an older
+backup), :func:`restore_delivered` reads those markers, so a series already
+delivered is not segmented and sent a second time.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from pathlib import Path
 
-from common.durable import make_dirs_durably
+from common.durable import make_dirs_durably, write_durably
 from config.errors import StorageError
+from storage import jobs, outbox
 from storage.instances import InstanceHeader, record_instance
-from storage.models import ReceivedInstance, ReceivedSeries
-from storage.store import InstanceStore
+from storage.models import SERIES_COMPLETE, ReceivedInstance, ReceivedSeries, write_transaction
+from storage.store import INSTANCES_DIR, InstanceStore
 
 LOGGER = logging.getLogger(__name__)
 
@@ -85,3 +93,70 @@ def _quarantine(store: InstanceStore, relative: Path, reason: str) -> None:
     make_dirs_durably(target.parent)
     os.replace(store.data_dir / relative, target)
     LOGGER.error("reconciliation: moved %s to %s: %s", relative, target, reason)
+
+
+#: written in a series' folder once every result of one of its jobs was delivered
+DELIVERED_MARKER = ".delivered.json"
+
+
+def note_delivery(data_dir: Path, job_id: int | None) -> bool:
+    """After a delivery was sent: when every delivery of its job is sent, write the series'
+    marker (job id, instance count) durably beside its instances; True when written.
+
+    The marker outlives the database: if the database is lost and rebuilt from the
+    files, :func:`restore_delivered` finds it and does not queue the series again.
+    """
+    if job_id is None:
+        return False
+    deliveries = list(outbox.Delivery.select().where(outbox.Delivery.job_id == job_id))
+    job = jobs.Job.get_or_none(jobs.Job.id == job_id)
+    if job is None or not deliveries or any(d.state != outbox.SENT for d in deliveries):
+        return False
+    folder = data_dir / INSTANCES_DIR / job.study_instance_uid / job.series_instance_uid
+    if not folder.is_dir():
+        return False
+    marker = {
+        "job_id": job.id,
+        "series_instance_uid": job.series_instance_uid,
+        "instance_count": job.instance_count,
+        "delivered_at": time.time(),
+    }
+    write_durably(folder / DELIVERED_MARKER, json.dumps(marker).encode())
+    return True
+
+
+def restore_delivered(store: InstanceStore) -> int:
+    """After a rebuild of the index: series whose results were all delivered (their marker
+    holds the instance count they still have) are complete with a ``succeeded`` job, not
+    queued again.  Returns how many were restored."""
+    restored = 0
+    for marker_path in sorted(store.root.glob(f"*/*/{DELIVERED_MARKER}")):
+        try:
+            marker = json.loads(marker_path.read_text())
+        except (OSError, ValueError):
+            continue
+        with write_transaction():
+            series = ReceivedSeries.get_or_none(
+                ReceivedSeries.series_instance_uid == marker_path.parent.name
+            )
+            if (
+                series is None
+                or series.instance_count != marker.get("instance_count")
+                or jobs.Job.select().where(jobs.Job.series == series.id).exists()
+            ):
+                continue
+            now = time.time()
+            ReceivedSeries.update(
+                state=SERIES_COMPLETE, completed_at=now, completed_by="restored"
+            ).where(ReceivedSeries.id == series.id).execute()
+            jobs.create_restored(
+                series,
+                now,
+                f"results delivered before the database was rebuilt (job {marker.get('job_id')})",
+            )
+            restored += 1
+    if restored:
+        LOGGER.warning(
+            "%d series restored as delivered from their markers: not queued again", restored
+        )
+    return restored

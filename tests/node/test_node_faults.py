@@ -116,3 +116,44 @@ def test_a_read_only_data_dir_is_a_sentence_not_a_traceback(tools, tmp_path, sma
     assert "Traceback" not in result.stderr
     assert f"cannot open the database {small_disk / 'data' / 'node.sqlite'}" in result.stderr
     assert "Read-only file system" in result.stderr
+
+
+def test_database_deleted_at_run_time_is_rebuilt_without_sending_twice(
+    node_factory, tools, tmp_path, caplog
+) -> None:
+    """The index is rebuilt from the files; a series already delivered is not queued again."""
+    from storage import outbox
+    from storage.reconcile import DELIVERED_MARKER, note_delivery
+
+    node = node_factory(completion={"idle_seconds": 30, "check_interval_seconds": 0.1})
+    delivered = tools.series_dir(tmp_path / "a", n_slices=3)
+    assert tools.pynetdicom_send(delivered, node.port) == [0, 0, 0]
+    delivered_uid = tools.uid_of(delivered[0])
+    tools.wait_for(lambda: tools.jobs_of(delivered_uid))
+    _run_one_job(node)
+    (job,) = tools.jobs_of(delivered_uid)
+    with connected():  # its result, sent: the outbox's own transitions
+        outbox.enqueue(
+            [("rtstruct", delivered[0])], [outbox.Target("PACS", "127.0.0.1", 104)], job.id
+        )
+        (claimed,) = outbox.claim_due()
+        outbox.mark_sent(claimed)
+        assert note_delivery(node.config.data_dir, job.id)
+    assert any(node.config.data_dir.rglob(DELIVERED_MARKER))
+
+    for path in node.config.data_dir.glob("node.sqlite*"):
+        path.unlink()
+    with caplog.at_level(logging.INFO):
+        tools.wait_for(lambda: "database rebuilt" in caplog.text, timeout=10)
+        fresh = tools.series_dir(tmp_path / "b", n_slices=3)
+        assert tools.pynetdicom_send(fresh, node.port) == [0, 0, 0]  # serving again, no 0xA700
+    fresh_uid = tools.uid_of(fresh[0])
+    tools.wait_for(lambda: tools.jobs_of(fresh_uid))
+    (restored,) = tools.jobs_of(delivered_uid)
+    assert restored.state == "succeeded" and restored.reason.startswith("results delivered")
+    assert tools.series_state(delivered_uid).instance_count == 3
+    assert [j.state for j in tools.jobs_of(fresh_uid)] == ["queued"]
+
+
+def _run_one_job(node) -> None:
+    assert run_worker(node.config, threading.Event(), max_jobs=1) == 1
