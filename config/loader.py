@@ -2,8 +2,9 @@
 
 Precedence, highest first: command-line overrides > environment (``AINODE_*``)
 > the file > the schema's defaults.  Relative paths in the file (``data_dir``,
-``model.weights``) are resolved against the directory of the file, so the node
-behaves the same whatever directory it is started from.
+``model.weights``, ``tls.certificate`` / ``private_key`` / ``ca_certificates``) are
+resolved against the directory of the file, so the node behaves the same whatever
+directory it is started from.
 """
 
 from __future__ import annotations
@@ -110,8 +111,15 @@ def _resolve_paths(config: NodeConfig, path: Path) -> NodeConfig:
     if not weights.is_absolute():
         weights = base / weights
     model = config.model.model_copy(update={"weights": weights})
+    tls = config.tls.model_copy(
+        update={
+            key: base / value
+            for key in ("certificate", "private_key", "ca_certificates")
+            if isinstance(value := getattr(config.tls, key), Path) and not value.is_absolute()
+        }
+    )
     return config.model_copy(
-        update={"data_dir": data_dir, "model": model, "source": path.resolve()}
+        update={"data_dir": data_dir, "model": model, "tls": tls, "source": path.resolve()}
     )
 
 

@@ -38,6 +38,8 @@ class Peer(_Section):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    #: the peer must connect over TLS (refused in clear), and replies to it use TLS
+    tls: bool = False
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -49,6 +51,8 @@ class Destination(_Section):
     ae_title: str | None = None
     host: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
+    #: a fixed destination is sent to over TLS (reply_to_sender follows the peer's own ``tls``)
+    tls: bool = False
 
     @model_validator(mode="after")
     def _one_kind(self) -> Destination:
@@ -72,9 +76,16 @@ class Network(_Section):
     dimse_timeout: float = Field(default=60.0, gt=0)
     network_timeout: float = Field(default=60.0, gt=0)
     maximum_associations: int = Field(default=10, ge=1)
-    maximum_pdu_size: int = Field(default=0, ge=0)
+    #: largest P-DATA PDU we accept (advertised); 0: no limit advertised (see node/limits.py)
+    maximum_pdu_size: int = Field(default=4 * 1024 * 1024, ge=0)
     #: a listed peer must also connect from the address its ``host`` resolves to
     verify_peer_address: bool = True
+    #: seconds from TCP accept (TLS handshake included) to A-ASSOCIATE-AC: one total deadline
+    negotiation_timeout: float = Field(default=10.0, gt=0)
+    #: connections still negotiating (own pool, not counted in maximum_associations)
+    max_pending_associations: int = Field(default=32, ge=1)
+    #: concurrent connections (negotiating or established) from one source address
+    max_connections_per_host: int = Field(default=16, ge=1)
 
 
 class Receive(_Section):
@@ -83,6 +94,92 @@ class Receive(_Section):
     accept_other_images: bool = True
     segment_sop_classes: tuple[str, ...] = (MR_IMAGE_STORAGE, ENHANCED_MR_IMAGE_STORAGE)
     min_free_disk_mb: int = Field(default=200, ge=0)
+    #: largest instance accepted (bytes on the wire, and inflated size of a deflated dataset)
+    max_instance_mb: int = Field(default=512, ge=1)
+
+
+class Tls(_Section):
+    """TLS for the SCP (``enabled``) and for the SCU to peers/destinations with ``tls: true``."""
+
+    enabled: bool = False
+    #: TLS on its own port, the clear ``port`` staying open; unset: ``port`` speaks TLS only
+    port: int | None = Field(default=None, ge=1, le=65535)
+    certificate: Path | None = None
+    private_key: Path | None = None
+    #: CA certificates (PEM) that verify peers: clients (mutual TLS) and servers we send to
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+    minimum_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+
+    @model_validator(mode="after")
+    def _complete(self) -> Tls:
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("enabled needs certificate and private_key")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("require_client_certificate needs ca_certificates")
+        return self
+
+
+class Gating(_Section):
+    """Which complete series are segmented: the rules a site running a T1c model expects.
+
+    A series that fails a rule is kept and not segmented; its job is ``skipped``
+    with the rule's name and reason, and nothing is sent.  Patterns are Python
+    regular expressions, matched case-insensitively against SeriesDescription
+    and ProtocolName.
+    """
+
+    enabled: bool = True
+    modalities: tuple[str, ...] = ("MR",)
+    #: T1 post-contrast evidence is required: ContrastBolusAgent, or a description/protocol match
+    require_contrast: bool = True
+    contrast_patterns: tuple[str, ...] = (
+        r"\bpost\b",
+        r"\+\s*c\b",
+        r"\bc\+",
+        r"\bgd\b",
+        r"\bgad",
+        r"contrast",
+        r"\bt1\s*c\b",
+        r"\bt1ce\b",
+        r"\bce\b",
+    )
+    #: a description/protocol naming another sequence or a pre-contrast series is refused
+    exclude_patterns: tuple[str, ...] = (
+        r"\bpre\b",
+        r"\bnative\b",
+        r"\bw/?o\b",
+        r"without",
+        r"flair",
+        r"\bdwi\b",
+        r"diffusion",
+        r"\badc\b",
+        r"\btrace\b",
+        r"\bt2\b",
+        r"\bswi\b",
+        r"localizer",
+        r"localiser",
+        r"\bscout\b",
+        r"\bsurvey\b",
+        r"\bperfusion\b",
+    )
+    #: ImageType values that mark a series as not a diagnostic T1 volume
+    exclude_image_types: tuple[str, ...] = ("LOCALIZER", "DIFFUSION", "ADC", "TRACEW", "SCOUT")
+    #: RANO-BM: measurable lesions need slices of 5 mm or thinner
+    max_slice_thickness_mm: float = Field(default=5.0, gt=0)
+    min_slices: int = Field(default=20, ge=1)
+    #: extent along the slice normal (slices x spacing)
+    min_coverage_mm: float = Field(default=80.0, ge=0)
+
+    @field_validator("contrast_patterns", "exclude_patterns")
+    @classmethod
+    def _compiles(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from exc
+        return patterns
 
 
 class Delivery(_Section):
@@ -161,6 +258,43 @@ class Postprocessing(_Section):
     min_peak_probability: float = Field(default=0.0, ge=0, lt=1)
 
 
+class BrainMask(_Section):
+    """Brain extraction before lesion extraction: nothing outside the (dilated) mask is output.
+
+    Off by default in the schema, so a configuration written for another model keeps its
+    behaviour; the shipped ``ae_config.yaml`` turns it on for the demo model.
+    """
+
+    enabled: bool = False
+    method: Literal["deepbet", "none"] = "deepbet"
+    #: deepbet's brain probability is cut here
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    #: the mask is grown by this much so lesions at the cortical surface stay inside
+    margin_mm: float = Field(default=5.0, ge=0, le=50)
+    #: a component with less than this fraction of its voxels inside the grown mask is dropped
+    min_inside_fraction: float = Field(default=0.5, gt=0, le=1)
+    #: the sliding window runs on the grown mask's bounding box only
+    crop_sliding_window: bool = True
+    #: plausible brain volume; outside it the job fails (only the upper bound for partial coverage)
+    min_volume_ml: float = Field(default=800.0, ge=0)
+    max_volume_ml: float = Field(default=2600.0, gt=0)
+    #: the mask's median intensity must be this multiple of the median outside it (0: off);
+    #: deepbet finds a confident "brain" of plausible volume in pure noise
+    min_contrast_ratio: float = Field(default=2.0, ge=0)
+
+    @model_validator(mode="after")
+    def _volume_range(self) -> BrainMask:
+        if self.min_volume_ml >= self.max_volume_ml:
+            raise ValueError(
+                f"min_volume_ml {self.min_volume_ml} must be below max_volume_ml {self.max_volume_ml}"
+            )
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.method != "none"
+
+
 class Model(_Section):
     """The segmentation model and everything needed to run it the same way every time."""
 
@@ -173,6 +307,7 @@ class Model(_Section):
     preprocessing: Preprocessing = Preprocessing()
     sliding_window: SlidingWindow = SlidingWindow()
     postprocessing: Postprocessing = Postprocessing()
+    brain_mask: BrainMask = BrainMask()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     validated_for_clinical_use: bool = False
@@ -218,6 +353,29 @@ class Dicom(_Section):
         return v
 
 
+class Metrics(_Section):
+    """``ai-node serve``'s HTTP endpoint: Prometheus ``/metrics`` and ``/healthz``.
+
+    Loopback only unless ``allow_non_loopback`` says otherwise: the endpoint has no
+    authentication (put a reverse proxy with TLS in front of it to publish it).
+    """
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    #: 0: any free port (the one chosen is logged)
+    port: int = Field(default=9110, ge=0, le=65535)
+    allow_non_loopback: bool = False
+
+    @model_validator(mode="after")
+    def _loopback_only(self) -> Metrics:
+        if not ipaddress.ip_address(self.bind).is_loopback and not self.allow_non_loopback:
+            raise ValueError(
+                f"bind {self.bind} is not loopback: the endpoint has no authentication; "
+                "set allow_non_loopback: true to publish it anyway"
+            )
+        return self
+
+
 class NodeConfig(_Section):
     """The whole of ``ae_config.yaml``."""
 
@@ -234,9 +392,14 @@ class NodeConfig(_Section):
     delivery: Delivery = Delivery()
     model: Model = Model()
     outputs: tuple[OutputKind, ...] = ("rtstruct",)
+    gating: Gating = Gating()
     dicom: Dicom = Dicom()
     worker: Worker = Worker()
+    tls: Tls = Tls()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: text: one line per record; json: one JSON object per line (common/logs.py)
+    log_format: Literal["text", "json"] = "text"
+    metrics: Metrics = Metrics()
     source: Path | None = Field(default=None, exclude=True)
 
     _ae = field_validator("ae_title")(_check_ae_title)
@@ -259,6 +422,10 @@ class NodeConfig(_Section):
         names = [p.ae_title for p in self.peers]
         if len(names) != len(set(names)):
             raise ValueError("peers: each ae_title must appear once")
+        if any(p.tls for p in self.peers) and not self.tls.enabled:
+            raise ValueError("a peer with tls: true needs tls.enabled (and its certificate)")
+        if any(d.tls for d in self.destinations) and self.tls.ca_certificates is None:
+            raise ValueError("a destination with tls: true needs tls.ca_certificates")
         return self
 
     @property

@@ -49,6 +49,9 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
     RLELossless,
 )
 
+#: out of reach: node.transport enforces network.maximum_associations instead
+PYNETDICOM_MAXIMUM_ASSOCIATIONS = 1_000_000
+
 #: every "... Image Storage ..." SOP class pynetdicom knows, by UID
 IMAGE_STORAGE_CLASSES: tuple[str, ...] = tuple(
     sorted(
@@ -81,7 +84,9 @@ def make_ae(config: NodeConfig) -> AE:
 def build_ae(config: NodeConfig) -> AE:
     """An AE configured as the node's Storage SCP (not yet listening)."""
     ae = make_ae(config)
-    ae.maximum_associations = config.network.maximum_associations
+    # node.transport counts admitted associations exactly; pynetdicom's count of live threads
+    # (negotiating and tearing-down ones included) rejected peers of bursts below the limit
+    ae.maximum_associations = PYNETDICOM_MAXIMUM_ASSOCIATIONS
     ae.maximum_pdu_size = config.network.maximum_pdu_size
     # node.handlers.handle_requested rejects first, with a log line; these stay as a backstop
     ae.require_called_aet = True

@@ -99,6 +99,12 @@ def handle_store(event: Event, ingest: Ingest, sessions: Sessions) -> int:
     except AttributeError as exc:  # not a C-STORE request with a dataset
         LOGGER.warning("C-STORE from %r: no dataset: %s", calling, exc)
         return statuses.CANNOT_UNDERSTAND
+    except transport.DatasetRefused as exc:  # a deflate bomb
+        LOGGER.warning("C-STORE from %r refused with 0xC210: %s", calling, exc)
+        return statuses.CANNOT_UNDERSTAND
+    except transport.DatasetNotKept as exc:  # the temporary file could not be written
+        LOGGER.warning("C-STORE from %r refused with 0xA700: %s", calling, exc)
+        return statuses.OUT_OF_RESOURCES
     outcome = ingest.ingest(
         data,
         str(request.AffectedSOPClassUID or ""),

@@ -1,7 +1,8 @@
 """Per-association tallies, for the one log line each association gets.
 
 ``association from AE 'STORESCU' at 127.0.0.1:40112 released after 2.1 s:
-180 stored, 0 duplicate, 0 failed, 1 series`` -- no patient data at INFO.
+180 stored, 0 duplicate, 0 failed, 1 series`` -- no patient data at INFO; the AE
+title goes through :func:`node.access.printable` (no raw control characters).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.access import printable
 from storage.ingest import IngestOutcome
 
 LOGGER = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ class Sessions:
     def open(self, assoc: Any) -> Session:
         requestor = assoc.requestor
         session = Session(
-            str(requestor.ae_title).strip(), str(requestor.address), int(requestor.port)
+            printable(requestor.ae_title), str(requestor.address), int(requestor.port)
         )
         with self._lock:
             self._open[id(assoc)] = session

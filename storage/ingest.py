@@ -2,7 +2,8 @@
 
 The guarantee lives here, in this order, each step only when the previous succeeded::
 
-    parse the header      -> UNREADABLE / INVALID_UID
+    parse the header      -> UNREADABLE (also: bytes not in their transfer syntax's VR
+                             encoding) / INVALID_UID
     match the request     -> MISMATCH
     already stored?       -> DUPLICATE (first copy kept) / CONFLICT
     series in this study? -> CONFLICT (a SeriesInstanceUID already stored in another study)
@@ -34,9 +35,11 @@ from config.errors import InvalidUIDError, StorageError
 from storage.instances import (
     CONFLICT,
     DUPLICATE,
+    HEAD_SIZE,
     InstanceHeader,
     RecordOutcome,
     UnreadableDatasetError,
+    encoding_mismatch,
     is_stored,
     record_duplicate,
     record_instance,
@@ -85,14 +88,15 @@ class Ingest:
 
     def ingest(
         self,
-        data: bytes,
+        data: bytes | Path,
         affected_sop_class_uid: str,
         affected_sop_instance_uid: str,
         calling_ae_title: str,
     ) -> IngestOutcome:
-        """Store one encoded file (preamble, file meta, dataset as received)."""
+        """Store one encoded file (preamble, file meta, dataset as received): its bytes, or
+        the file it was streamed to (copied into the store; read back only as far as needed)."""
         try:
-            header = InstanceHeader.from_bytes(data)
+            header = _header(data)
         except InvalidUIDError as exc:
             return IngestOutcome(Result.INVALID_UID, reason=str(exc))
         except UnreadableDatasetError as exc:
@@ -111,7 +115,7 @@ class Ingest:
                 return IngestOutcome(Result.INDEX_FAILED, reason=f"database error: {exc}")
 
     def _store(
-        self, header: InstanceHeader, relative: Path, data: bytes, calling_ae_title: str
+        self, header: InstanceHeader, relative: Path, data: bytes | Path, calling_ae_title: str
     ) -> IngestOutcome:
         if is_stored(header.sop_instance_uid):
             duplicate = record_duplicate(header, time.time())
@@ -120,8 +124,9 @@ class Ingest:
         conflict = self._study_conflict(header)
         if conflict:
             return IngestOutcome(Result.CONFLICT, reason=conflict)
+        size = len(data) if isinstance(data, bytes) else data.stat().st_size
         try:
-            self.store.check_free_space(len(data))
+            self.store.check_free_space(size)
         except StorageError as exc:
             return IngestOutcome(Result.NO_SPACE, reason=str(exc))
         try:
@@ -130,7 +135,7 @@ class Ingest:
             return IngestOutcome(Result.WRITE_FAILED, reason=str(exc))
         try:
             outcome = record_instance(
-                header, relative, len(data), calling_ae_title, time.time(), self._series_ids
+                header, relative, size, calling_ae_title, time.time(), self._series_ids
             )
         except StorageError as exc:
             return IngestOutcome(Result.INDEX_FAILED, reason=str(exc))
@@ -151,6 +156,20 @@ class Ingest:
             f"SeriesInstanceUID {series_uid} is already stored in study {study_uid}, "
             f"not {header.study_instance_uid}"
         )
+
+
+def _header(data: bytes | Path) -> InstanceHeader:
+    """The header, once the bytes are known to be in the encoding their label says."""
+    if isinstance(data, bytes):
+        header, head = InstanceHeader.from_bytes(data), data[:HEAD_SIZE]
+    else:
+        header = InstanceHeader.from_file(data)
+        with data.open("rb") as handle:
+            head = handle.read(HEAD_SIZE)
+    mismatch = encoding_mismatch(head, header.transfer_syntax_uid)
+    if mismatch:
+        raise UnreadableDatasetError(mismatch)
+    return header
 
 
 def _from_record(outcome: RecordOutcome) -> IngestOutcome:

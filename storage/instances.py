@@ -21,6 +21,7 @@ from pathlib import Path
 import peewee
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from config.errors import StorageError
 from storage import jobs
@@ -73,11 +74,19 @@ class InstanceHeader:
 
     @classmethod
     def from_file(cls, path: Path) -> InstanceHeader:
+        """As :meth:`from_bytes`, reading only the header (values over 1 MiB deferred)."""
         try:
-            data = path.read_bytes()
+            handle = path.open("rb")
         except OSError as exc:
             raise UnreadableDatasetError(f"{path}: {exc.strerror}") from exc
-        return cls.from_bytes(data)
+        with handle:
+            try:
+                ds = pydicom.dcmread(handle, stop_before_pixels=True, defer_size=DEFER_SIZE)
+                return cls._from_dataset(ds)
+            except StorageError:
+                raise
+            except Exception as exc:  # pydicom raises many kinds on malformed input
+                raise UnreadableDatasetError(f"dataset cannot be parsed: {exc}") from exc
 
     @classmethod
     def _from_dataset(cls, ds: Dataset) -> InstanceHeader:
@@ -94,6 +103,38 @@ class InstanceHeader:
             images_in_acquisition=_integer(ds, "ImagesInAcquisition"),
             number_of_frames=_integer(ds, "NumberOfFrames"),
         )
+
+
+DEFER_SIZE = 1024 * 1024
+#: enough of a file to hold its file meta and the data set's first element
+HEAD_SIZE = 64 * 1024
+
+
+def encoding_mismatch(head: bytes, transfer_syntax_uid: str) -> str:
+    """Why the data set's bytes are not in the VR encoding its transfer syntax names, or ''.
+
+    ``head`` is the file's beginning (preamble, file meta, first element).  The first
+    element's VR bytes tell: explicit VR puts two capital letters after the tag.  A
+    mislabelled file would be stored under a transfer syntax its bytes are not in, so
+    the node refuses it (0xC210) rather than relabel what the sender claimed.
+    """
+    if transfer_syntax_uid == DeflatedExplicitVRLittleEndian or head[128:132] != b"DICM":
+        return ""  # a deflated data set's first bytes are compressed
+    if head[136:138] != b"UL":  # (0002,0000) File Meta Information Group Length
+        return ""
+    start = 144 + int.from_bytes(head[140:144], "little")
+    vr = head[start + 4 : start + 6]
+    if len(vr) < 2:
+        return ""
+    found_implicit = not all(0x40 < byte < 0x5B for byte in vr)
+    implicit = transfer_syntax_uid == ImplicitVRLittleEndian
+    if found_implicit == implicit:
+        return ""
+    found, said = ("implicit", "explicit") if found_implicit else ("explicit", "implicit")
+    return (
+        f"the data set is encoded in {found} VR but its transfer syntax "
+        f"{transfer_syntax_uid} (the negotiated one) says {said} VR"
+    )
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
