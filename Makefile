@@ -8,13 +8,17 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := dcmtk orthanc dicom3tools libgl1 libglib2.0-0
 
-.PHONY: run test install debian-deps lint bench clean
+.PHONY: run test test-fast install debian-deps lint format bench stress clean
 
 run: $(STAMP)
 	$(BIN)/ai-node serve --config ae_config.yaml
 
 test: $(STAMP) debian-deps
 	$(BIN)/python -m pytest
+
+# the inner loop: every test not marked slow, stopping at the first failure (under a minute)
+test-fast: $(STAMP) debian-deps
+	$(BIN)/python -m pytest -m "not slow" -x -q
 
 install: $(STAMP)
 
@@ -32,9 +36,16 @@ debian-deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
+CODE := common config demo inference jobs node storage tests bench
+
 lint: $(STAMP)
-	$(BIN)/ruff check node storage inference config tests bench
-	$(BIN)/mypy node storage inference config
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+	$(BIN)/mypy $(CODE)
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix -q $(CODE)
+	$(BIN)/ruff format -q $(CODE)
 
 bench: $(STAMP) debian-deps
 	$(BIN)/python bench/receive.py

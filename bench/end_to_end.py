@@ -213,6 +213,7 @@ def main() -> int:
                     count=False,
                 )
             )  # type: ignore[arg-type]
+        assert dest.server is not None
         dest.server.shutdown()
     print(f"{'case':<18}{'slices':>7}{'latency s':>11}{'inference s':>13}{'overhead s':>12}")
     for r in rows:

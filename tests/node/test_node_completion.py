@@ -6,7 +6,7 @@ import time
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE
 
 from node import statuses
@@ -109,7 +109,7 @@ def test_other_image_classes_are_stored_but_not_segmented(node_factory, tools, t
     paths = tools.series_dir(tmp_path / "in", n_slices=2, modality="CT")
     datasets = [pydicom.dcmread(p) for p in paths]
     for ds in datasets:
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CT
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID(CT)
     assert tools.pynetdicom_send(datasets, node.port) == [statuses.SUCCESS] * 2
     series_uid = tools.uid_of(paths[0])
     tools.wait_for(lambda: tools.series_state(series_uid).state == "complete", timeout=5)
@@ -121,7 +121,7 @@ def test_other_image_classes_can_be_refused(node_factory, tools, tmp_path) -> No
     (path,) = tools.series_dir(tmp_path / "in", n_slices=1)
     mr = pydicom.dcmread(path)
     ct = pydicom.dcmread(path)
-    ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = CT
+    ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = UID(CT)
     ct.SOPInstanceUID = pydicom.uid.generate_uid()
     ae = AE(ae_title="MIXED")
     ae.add_requested_context(CT, ExplicitVRLittleEndian)

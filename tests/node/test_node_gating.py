@@ -31,7 +31,7 @@ def _series(tools: Any, folder: Path, n_slices: int, thickness: float, **tags: A
 def test_a_study_of_five_sequences_yields_exactly_one_job(node_factory, tools, tmp_path) -> None:
     node = node_factory(gating=DEFAULT_GATE)
     study = pydicom.uid.generate_uid()
-    make = {
+    make: dict[str, dict[str, Any]] = {
         "t1_pre": dict(n_slices=24, thickness=4.0, SeriesDescription="T1 MPRAGE PRE"),
         "t1_post": dict(
             n_slices=24,

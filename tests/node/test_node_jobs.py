@@ -141,6 +141,7 @@ def test_job_superseded_while_running_stays_superseded(node_factory, tools, tmp_
     tools.wait_for(lambda: tools.jobs_of(series_uid))
     with connected():
         context = claim_next(node.config)
+    assert context is not None
     late = pydicom.dcmread(paths[0])
     late.SOPInstanceUID = pydicom.uid.generate_uid()
     assert tools.pynetdicom_send([late], node.port) == [0]

@@ -7,18 +7,19 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import orthanc
+from tests import helpers
 
 pytestmark = [
     pytest.mark.orthanc,
-    pytest.mark.skipif(orthanc() is None, reason="orthanc not installed"),
+    pytest.mark.skipif(helpers.orthanc() is None, reason="orthanc not installed"),
 ]
 
 
-def _http(url: str, body: bytes | None = None) -> object:
+def _http(url: str, body: bytes | None = None) -> Any:
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read() or b"null")
@@ -43,7 +44,7 @@ def orthanc(tmp_path: Path, tools):
     path = tmp_path / "orthanc.json"
     path.write_text(json.dumps(config))
     log = (tmp_path / "orthanc.log").open("wb")
-    process = subprocess.Popen([str(orthanc()), str(path)], stdout=log, stderr=log)
+    process = subprocess.Popen([str(helpers.orthanc()), str(path)], stdout=log, stderr=log)
     base = f"http://127.0.0.1:{http_port}"
     deadline = time.monotonic() + 60
     while True:

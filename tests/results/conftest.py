@@ -13,8 +13,10 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import cv2
+import highdicom as hd
 import numpy as np
 import peewee
 import pydicom
@@ -191,8 +193,9 @@ def fill_centres(shape: tuple[int, int], polygons: list[np.ndarray]) -> np.ndarr
 def rasterise_roi_centres(ds: Dataset, roi_number: int, volume: Volume) -> np.ndarray:
     """One ROI in the volume's grid by :func:`fill_centres`, an independent rasteriser."""
     mask = np.zeros(volume.array.shape, bool)
+    plane = (int(volume.array.shape[0]), int(volume.array.shape[1]))
     for k, polygons in contour_polygons(ds, roi_number, volume).items():
-        mask[:, :, k] = fill_centres(mask.shape[:2], polygons)
+        mask[:, :, k] = fill_centres(plane, polygons)
     return mask
 
 
@@ -220,3 +223,12 @@ def result_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("results")
     _, result = build_case(root / "series")
     return write_outputs(result, ["rtstruct", "seg", "sr"], root / "out").paths
+
+
+def measurement_report(sr: Any) -> hd.sr.MeasurementReport:
+    """The TID 1500 Measurement Report of an SR read back with ``hd.sr.srread``.
+
+    highdicom types ``content`` as a plain ContentSequence; at run time it is the
+    report, with its group accessors.
+    """
+    return cast(hd.sr.MeasurementReport, sr.content)

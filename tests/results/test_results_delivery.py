@@ -67,6 +67,7 @@ class RecordingSCP:
         return outbox.Target("DEST", "127.0.0.1", self.port)
 
     def close(self) -> None:
+        assert self.server is not None
         self.server.shutdown()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -18,7 +19,7 @@ from config.schema import Dicom, NodeConfig
 from inference.outputs import OutputOptions, write_outputs
 from inference.outputs.provenance import DEVICE_UID_FILE, series_description, short_disclaimer
 from inference.types import ModelProvenance
-from tests.results.conftest import PROVENANCE, build_case
+from tests.results.conftest import PROVENANCE, build_case, measurement_report
 
 
 def _seg_masks_in_volume_grid(seg: hd.seg.Segmentation, result) -> dict[int, np.ndarray]:  # type: ignore[no-untyped-def]
@@ -69,7 +70,8 @@ def test_seg_one_segment_per_lesion_in_place(
         description = seg.get_segment_description(rank)
         assert description.segment_label == f"Lesion {rank}"
         assert description.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
-        assert description.algorithm_identification[0].AlgorithmName == "test UNETR"
+        algorithm = description.algorithm_identification
+        assert algorithm is not None and algorithm[0].AlgorithmName == "test UNETR"
         assert np.array_equal(masks[rank], result.lesion_mask(lesion.number)), f"segment {rank}"
     assert seg.DeviceSerialNumber == result.provenance.weights_sha256
     assert seg.ContentDescription == "NOT FOR DIAGNOSTIC USE: test UNETR 9.9.9"
@@ -91,7 +93,7 @@ def test_sr_measurements_reference_segments_and_images(tmp_path: Path) -> None:
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
     assert sr.StudyInstanceUID == result.volume.study_instance_uid
     assert sr.PatientID == pydicom.dcmread(paths[0]).PatientID
-    groups = sr.content.get_volumetric_roi_measurement_groups()
+    groups = measurement_report(sr).get_volumetric_roi_measurement_groups()
     by_size = sorted(result.lesions, key=lambda lesion: -lesion.volume_mm3)
     assert len(groups) == len(by_size)
     source_uids = {s.sop_instance_uid for s in result.volume.slices}
@@ -99,6 +101,7 @@ def test_sr_measurements_reference_segments_and_images(tmp_path: Path) -> None:
         rank = by_size.index(lesion) + 1
         assert group.tracking_identifier == f"Lesion {rank}"
         segment = group.referenced_segment
+        assert segment is not None
         assert segment.referenced_sop_instance_uid == seg.SOPInstanceUID
         assert (
             segment.referenced_segment_numbers == [rank]
@@ -131,17 +134,20 @@ def test_sr_without_seg_still_references_segments(tmp_path: Path) -> None:
     written = write_outputs(result, ["sr"], tmp_path / "out").paths
     assert [p.name for p in written.values()] == ["sr.dcm"]
     sr = hd.sr.srread(written["sr"])
-    assert len(sr.content.get_volumetric_roi_measurement_groups()) == len(result.lesions)
+    assert len(measurement_report(sr).get_volumetric_roi_measurement_groups()) == len(
+        result.lesions
+    )
 
 
 def test_no_lesion_sr_says_lesion_absent(tmp_path: Path) -> None:
     _, result = build_case(tmp_path / "series", blobs=())
     sr_path = write_outputs(result, ["sr"], tmp_path / "out").paths["sr"]
     sr = hd.sr.srread(sr_path)
-    assert sr.content.get_volumetric_roi_measurement_groups() == []
-    (group,) = sr.content.get_image_measurement_groups()
+    assert measurement_report(sr).get_volumetric_roi_measurement_groups() == []
+    (group,) = measurement_report(sr).get_image_measurement_groups()
     (evaluation,) = group.get_qualitative_evaluations()
-    assert evaluation.name == codes.SCT.Lesion and evaluation.value.value == "2667000"
+    assert evaluation.name == codes.SCT.Lesion
+    assert evaluation.value.value == "2667000"  # type: ignore[union-attr]
 
 
 def test_seg_keeps_empty_frames_when_asked(tmp_path: Path) -> None:
@@ -178,7 +184,7 @@ def test_descriptions_fit_64_characters_in_whole_words() -> None:
     )
 
 
-def _sr_texts(sr: hd.sr.Comprehensive3DSR) -> list[str]:
+def _sr_texts(sr: Any) -> list[str]:
     found = []
 
     def walk(items: pydicom.Sequence) -> None:
@@ -199,7 +205,9 @@ def test_sr_says_not_for_diagnostic_use_and_gives_confidence(tmp_path: Path) -> 
     sr = hd.sr.srread(write_outputs(result, ["sr"], tmp_path / "out").paths["sr"])
     assert any(t.startswith("NOT FOR DIAGNOSTIC USE") for t in _sr_texts(sr))
     by_size = sorted(lesions, key=lambda lesion: -lesion.volume_mm3)
-    for group, lesion in zip(sr.content.get_volumetric_roi_measurement_groups(), by_size):
+    for group, lesion in zip(
+        measurement_report(sr).get_volumetric_roi_measurement_groups(), by_size
+    ):
         found = group.get_measurements(name=codes.DCM.CertaintyOfFinding)
         if lesion.peak_probability is None:
             assert found == []

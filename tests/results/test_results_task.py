@@ -151,7 +151,8 @@ def test_no_destination_keeps_the_results_and_says_so(
     assert run_job(context, "jobs.task:segment_job") is False
     job = Job.get_by_id(context.job_id)
     assert job.state == jobs.NO_DESTINATION
-    assert job.reason.startswith("results kept in ") and "no destination" in job.reason
+    assert job.reason is not None and job.reason.startswith("results kept in ")
+    assert "no destination" in job.reason
 
 
 def test_job_superseded_while_running_queues_nothing(
@@ -169,9 +170,7 @@ def test_job_superseded_while_running_queues_nothing(
     assert Job.get_by_id(context.job_id).state == jobs.SUPERSEDED
 
 
-def test_supersession_withdraws_queued_deliveries(
-    tmp_path: Path, node_db: peewee.Database
-) -> None:
+def test_supersession_withdraws_queued_deliveries(tmp_path: Path, node_db: peewee.Database) -> None:
     config = _config(tmp_path, [{"ae_title": "DEST", "host": "127.0.0.1", "port": 104}])
     paths, _ = build_case(tmp_path / "series", patient_id="TASK4")
     context = _context(config, paths)

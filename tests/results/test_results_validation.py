@@ -11,13 +11,14 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import pydicom
 import pytest
 
 from inference.outputs import OutputOptions, write_outputs
-from tests.results.conftest import build_case
+from tests.results.conftest import build_case, measurement_report
 from tests.results.test_results_rtstruct import CASES
 
 DCIODVFY = Path("/usr/bin/dciodvfy")
@@ -52,7 +53,7 @@ def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
 @pytest.mark.parametrize("lesions", [True, False], ids=["lesions", "none"])
 @pytest.mark.parametrize("name", ORIENTATIONS)
 def test_every_output_validates(tmp_path: Path, name: str, lesions: bool) -> None:
-    fields = dict(CASES[name])
+    fields: dict[str, Any] = dict(CASES[name])  # type: ignore[call-overload]
     if not lesions:
         fields["blobs"] = ()
     _, result = build_case(tmp_path / "series", **fields)  # type: ignore[arg-type]
@@ -74,7 +75,9 @@ def test_every_output_validates(tmp_path: Path, name: str, lesions: bool) -> Non
         seg = hd.seg.segread(written.paths["seg"])
         assert list(seg.get_segment_numbers()) == list(range(1, len(result.lesions) + 1))
     sr = hd.sr.srread(written.paths["sr"])
-    assert len(sr.content.get_volumetric_roi_measurement_groups()) == len(result.lesions)
+    assert len(measurement_report(sr).get_volumetric_roi_measurement_groups()) == len(
+        result.lesions
+    )
 
 
 @pytest.mark.skipif(not DCIODVFY.exists(), reason="dicom3tools (dciodvfy) is not installed")
