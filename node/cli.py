@@ -21,6 +21,7 @@ from typing import Any
 from config.errors import ConfigError, NodeError
 from config.loader import DEFAULT_CONFIG_PATH, load_config
 from config.schema import NodeConfig
+from node.followup_cli import COMMANDS as FOLLOWUP_COMMANDS
 from node.results_cli import COMMANDS as RESULTS_COMMANDS
 
 LOGGER = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _add_status,
     _add_echo,
     _add_segment,
+    *FOLLOWUP_COMMANDS,  # followup show|export|report|plot|baseline, purge (node/followup_cli.py)
     *RESULTS_COMMANDS,  # retry, followup show (node/results_cli.py)
 ]
 

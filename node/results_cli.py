@@ -1,4 +1,4 @@
-"""``ai-node retry``, ``ai-node rerun`` and ``ai-node followup show PATIENT_ID [--json]``.
+"""``ai-node retry`` and ``ai-node rerun``; :func:`print_report` prints a patient's follow-up.
 
 ``retry [--id N ...]`` puts dead deliveries (all, or the given ids) back to
 ``pending``, keeping their attempt history; the delivery service of a running
@@ -8,10 +8,9 @@
 for the series), unless one is queued or running already; the worker of a
 running ``ai-node serve`` picks it up.
 
-``followup show PATIENT_ID [--json]`` prints the patient's studies, oldest
-first, with each series' segmentation runs and their lesions (see
-:func:`storage.followup.patient_report` for the JSON shape).  It shows PHI:
-it is an administrator's command.  Exit status 1 when the patient is unknown.
+``ai-node followup ...`` (show, export, report, plot, baseline) and ``ai-node
+purge`` live in :mod:`node.followup_cli`; ``followup show`` prints with
+:func:`print_report` (the shape of :func:`storage.followup.patient_report`).
 
 Registered in :mod:`node.cli` through :data:`COMMANDS`.  No torch here.
 """
@@ -19,7 +18,6 @@ Registered in :mod:`node.cli` through :data:`COMMANDS`.  No torch here.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -31,15 +29,6 @@ def add_retry(sub: Any, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser("retry", parents=[common], help="send dead deliveries again")
     parser.add_argument("--id", type=int, action="append", dest="ids", help="only this delivery id")
     parser.set_defaults(handler=retry)
-
-
-def add_followup(sub: Any, common: argparse.ArgumentParser) -> None:
-    parser = sub.add_parser("followup", help="follow-up record of a patient")
-    actions = parser.add_subparsers(dest="followup_command", required=True, metavar="ACTION")
-    show = actions.add_parser("show", parents=[common], help="a patient's studies and lesions")
-    show.add_argument("patient_id", help="PatientID (0010,0020)")
-    show.add_argument("--json", action="store_true", help="machine-readable output")
-    show.set_defaults(handler=followup_show)
 
 
 def add_rerun(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -54,7 +43,6 @@ def add_rerun(sub: Any, common: argparse.ArgumentParser) -> None:
 COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     add_retry,
     add_rerun,
-    add_followup,
 ]
 
 
@@ -78,22 +66,6 @@ def rerun(args: argparse.Namespace, config: NodeConfig) -> int:
     print(
         f"{len(created)} job(s) queued" + (f": {', '.join(map(str, created))}" if created else "")
     )
-    return 0
-
-
-def followup_show(args: argparse.Namespace, config: NodeConfig) -> int:
-    from storage.followup import patient_report
-
-    _open_database(config)
-    report = patient_report(args.patient_id)
-    if report is None:
-        print(f"no follow-up record for patient {args.patient_id!r}", file=sys.stderr)
-        return 1
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print_report(report, sys.stdout)
     return 0
 
 

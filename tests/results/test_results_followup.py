@@ -13,7 +13,8 @@ import pydicom
 import pytest
 
 from config.schema import NodeConfig
-from node.results_cli import followup_show, print_report
+from node.followup_cli import followup_show
+from node.results_cli import print_report
 from storage import followup
 from tests.results.conftest import PROVENANCE, build_case
 
