@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from config.errors import ConfigError
+from config.errors import ConfigError, DeliveryError
 from config.schema import AE_TITLE_RE, NodeConfig
 from node.ae import make_ae
+from node.scu import associate
+from storage.outbox import Target
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,13 +42,14 @@ class EchoResult:
 
 
 def echo(config: NodeConfig, peer: Address) -> EchoResult:
-    """Associate as our AE title, send C-ECHO, release."""
+    """Associate as our AE title (over TLS when the peer is configured with ``tls: true``),
+    send C-ECHO, release.  A failure says what happened (:func:`node.scu.associate`)."""
     ae = make_ae(config)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-    if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        return EchoResult(False, f"association with {peer.ae_title}@{peer.host}:{peer.port} {why}")
+    try:
+        assoc = associate(ae, Target(peer.ae_title, peer.host, peer.port), config)
+    except DeliveryError as exc:
+        return EchoResult(False, f"association failed: {exc}")
     try:
         status = assoc.send_c_echo()
     finally:

@@ -22,6 +22,8 @@ Bytes (:class:`PduGuard`, one per connection, fed by :mod:`node.transport`):
 * a PDU's declared length is checked when its 6-byte header has been read, before
   its body is read: at most :data:`MAX_NEGOTIATION_PDU` for everything but
   P-DATA, and ``network.maximum_pdu_size`` for P-DATA (when 0, the instance limit);
+* an A-ASSOCIATE-RQ whose AE titles hold a control character or a backslash is
+  aborted before pynetdicom decodes it (pynetdicom would log the raw value);
 * a DIMSE message's command set is at most :data:`MAX_COMMAND_SET` bytes; its
   data set at most ``receive.max_instance_mb``; a data set that pynetdicom holds
   in memory (anything but a C-STORE request, which is streamed to a file) at most
@@ -61,6 +63,7 @@ MAX_COMMAND_SET = 64 * 1024
 #: a data set that pynetdicom keeps in memory (not a streamed C-STORE request)
 MAX_IN_MEMORY_DATASET = 1 * MIB
 
+A_ASSOCIATE_RQ = 0x01
 P_DATA_TF = 0x04
 PDU_TYPES = range(0x01, 0x08)
 
@@ -212,6 +215,8 @@ class PduGuard:
         self._body = None
         if pdu_type == P_DATA_TF:
             self._count_pdvs(data)
+        elif pdu_type == A_ASSOCIATE_RQ:
+            _check_ae_titles(data)
 
     def _count_pdvs(self, data: bytes) -> None:
         # whether a data set is streamed is known once its command set is decoded, which
@@ -245,6 +250,16 @@ class PduGuard:
                 f"a data set of more than {limit} bytes (receive.max_instance_mb); "
                 "the instance was not stored"
             )
+
+
+def _check_ae_titles(body: bytes) -> None:
+    """Control characters in an AE title: refused before pynetdicom decodes (and logs) them."""
+    for name, field in (("called", body[4:20]), ("calling", body[20:36])):
+        if any(byte < 0x20 or byte > 0x7E or byte == 0x5C for byte in field):
+            shown = "".join(
+                chr(b) if 0x20 <= b <= 0x7E and b != 0x5C else f"\\x{b:02x}" for b in field
+            ).strip()
+            raise LimitExceeded(f"{name} AE title '{shown}' is not a valid AE title")
 
 
 def inflated_size_exceeds(source: bytes | Path, limit: int) -> bool:
