@@ -68,8 +68,10 @@ def choose_device(config: Model) -> tuple[torch.device, str]:
 class Segmenter:
     """Runs one configured model on series; load once, segment many."""
 
-    def __init__(self, model_config: Model) -> None:
+    def __init__(self, model_config: Model, progress: bool = False) -> None:
         self.config = model_config
+        #: a tqdm bar over the sliding-window batches (on a terminal: ``ai-node segment``)
+        self.progress = progress
         self.device, self.precision = choose_device(model_config)
         self._model: torch.nn.Module | None = None
         self._sha256 = ""
@@ -148,6 +150,7 @@ class Segmenter:
                 mode=window.mode,
                 sw_device=self.device,
                 device=torch.device("cpu"),
+                progress=self.progress,
             )
         return torch.as_tensor(logits)[0].float()
 

@@ -37,14 +37,17 @@ from inference.types import SegmentationResult
 LOGGER = logging.getLogger(__name__)
 
 
-def run(config: NodeConfig, dicom_dir: Path, output_dir: Path) -> int:
-    """Segment every series in ``dicom_dir``; return a process exit status."""
+def run(config: NodeConfig, dicom_dir: Path, output_dir: Path, progress: bool = False) -> int:
+    """Segment every series in ``dicom_dir``; return a process exit status.
+
+    ``progress``: a progress bar (tqdm, on stderr) over each series' sliding window.
+    """
     restrict_umask()  # the mask and lesions.json hold PHI: owner-only
     series = find_series(Path(dicom_dir))
     if not series:
         LOGGER.error("no DICOM image series found under %s", dicom_dir)
         return 1
-    segmenter = Segmenter(config.model)
+    segmenter = Segmenter(config.model, progress=progress)
     failures = 0
     for uid, paths in sorted(series.items()):
         target = Path(output_dir) if len(series) == 1 else Path(output_dir) / uid

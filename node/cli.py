@@ -1,11 +1,20 @@
 """The ``ai-node`` console script.
 
-``ai-node serve | status [--json] | echo AE@HOST:PORT | segment DICOM_DIR --output OUT_DIR``
+``ai-node [--version] COMMAND ...``: ``serve``, ``status``, ``echo``, ``segment``,
+``retry``, ``rerun``, ``followup show``.
 
-Every subcommand takes ``--config`` (default ``./ae_config.yaml``), ``--port``
-and ``--data-dir`` (which override the file).  A configuration error names the
-file, the key and the value, and exits with status 2.  Subcommands are small
-functions registered in :data:`COMMANDS`; each adds its parser and handler.
+Global options go before or after the subcommand (``ai-node --config X status``
+and ``ai-node status --config X`` are the same; the later one wins):
+``--config`` (else ``$AINODE_CONFIG``, else ``./ae_config.yaml``), ``--data-dir``,
+``--log-level``, ``--log-format``.  ``--port`` belongs to ``serve`` alone: no
+other command listens.  Precedence: command line > environment (``AINODE_*``) >
+the file > defaults.
+
+Exit status: 0 done; 1 the command failed (a :class:`NodeError`, a failed
+echo, a series that could not be segmented); 2 a usage or configuration error
+(the message names the file, key and value; a missing file or directory is
+named as missing).  Subcommands are small functions registered in
+:data:`COMMANDS`; each adds its parser and handler.
 """
 
 from __future__ import annotations
@@ -13,14 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from common.logs import configure_logging
 from config.errors import ConfigError, NodeError
 from config.loader import DEFAULT_CONFIG_PATH, load_config
-from config.schema import NodeConfig
+from config.schema import NodeConfig, OutputKind
 from node.followup_cli import COMMANDS as FOLLOWUP_COMMANDS
 from node.results_cli import COMMANDS as RESULTS_COMMANDS
 
@@ -28,31 +40,91 @@ LOGGER = logging.getLogger(__name__)
 
 Handler = Callable[[argparse.Namespace, NodeConfig], int]
 
+#: the environment variable naming the configuration file (below --config)
+CONFIG_ENVIRONMENT = "AINODE_CONFIG"
+#: options every command takes, before or after its name
+GLOBAL_OPTIONS = ("config", "data_dir", "log_level", "log_format")
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+
+def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """``--config``, ``--data-dir``, ``--log-level``, ``--log-format`` on one parser level.
+
+    Below the top level the defaults are suppressed, so an option given before
+    the subcommand is not reset by the subcommand's parser.
+    """
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("global options")
+    group.add_argument(
         "--config",
         type=Path,
-        default=DEFAULT_CONFIG_PATH,
-        help="configuration file (ae_config.yaml)",
+        default=default,
+        help=f"configuration file (default: ${CONFIG_ENVIRONMENT}, else ./{DEFAULT_CONFIG_PATH})",
     )
-    common.add_argument("--port", type=int, help="override port")
-    common.add_argument("--data-dir", type=Path, help="override data_dir")
-    return common
+    group.add_argument(
+        "--data-dir", type=Path, default=default, help="override data_dir (relative to here)"
+    )
+    group.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default=default,
+        help="override log_level",
+    )
+    group.add_argument(
+        "--log-format", choices=["text", "json"], default=default, help="override log_format"
+    )
+
+
+def _with_global_options_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand parser, at every depth, the global options it lacks."""
+    for action in parser._actions:  # argparse keeps its subparsers there, nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if "--config" not in child._option_string_actions:
+                    _add_global_options(child, suppress=True)
+                _with_global_options_everywhere(child)
 
 
 def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser(
         "serve", parents=[common], help="run the Storage SCP, completion and worker"
     )
+    parser.add_argument("--port", type=int, help="override port (the DICOM port listened on)")
     parser.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace, config: NodeConfig) -> int:
     from node.server import serve
 
+    for warning in destination_warnings(config):
+        LOGGER.warning("%s", warning)
     return serve(config)
+
+
+def destination_warnings(config: NodeConfig) -> list[str]:
+    """One sentence per calling AE whose results could go nowhere (empty when all resolve).
+
+    A job whose results have no destination still runs and keeps them in
+    ``data_dir/jobs/<id>/``; it ends in the state ``no_destination``.
+    """
+    fixed = [d for d in config.destinations if not d.reply_to_sender]
+    replies = any(d.reply_to_sender for d in config.destinations)
+    if fixed:
+        return []
+    kept = f"their results will be kept in {config.data_dir / 'jobs'} (job state no_destination)"
+    if config.accepts_any_calling_ae:
+        how = "replies go only to listed peers" if replies else "destinations is empty"
+        return [
+            "peers is empty, so any calling AE is accepted, but no destination can be resolved "
+            f"for it ({how}, and no fixed destination is configured): {kept}"
+        ]
+    if replies:
+        return []  # every listed peer is replied to
+    return [
+        f"no destination for calling AE {peer.ae_title!r} ({peer.host}:{peer.port}): "
+        f"destinations is empty: {kept}"
+        for peer in config.peers
+    ]
 
 
 def _add_status(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -95,17 +167,34 @@ def _echo(args: argparse.Namespace, config: NodeConfig) -> int:
     return 0 if result.ok else 1
 
 
+def _output_kinds(text: str) -> tuple[str, ...]:
+    """``rtstruct,seg,sr`` -> the kinds, each one known."""
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in get_args(OutputKind)]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a comma-separated list of {', '.join(get_args(OutputKind))}"
+        )
+    return tuple(dict.fromkeys(kinds))
+
+
 def _add_segment(sub: Any, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser("segment", parents=[common], help="segment a DICOM series directory")
     parser.add_argument("dicom_dir", type=Path)
     parser.add_argument("--output", type=Path, required=True, help="output directory")
+    parser.add_argument(
+        "--outputs",
+        type=_output_kinds,
+        help="DICOM outputs to write, e.g. rtstruct,seg,sr (default: the configuration's)",
+    )
     parser.set_defaults(handler=_segment)
 
 
 def _segment(args: argparse.Namespace, config: NodeConfig) -> int:
     from inference.segment_cli import run  # lazily: only this command imports torch
 
-    return int(run(config, args.dicom_dir, args.output))
+    # a progress bar on a terminal only: piped or logged, stderr stays line by line
+    return int(run(config, args.dicom_dir, args.output, progress=sys.stderr.isatty()))
 
 
 #: each adds one subcommand: (subparsers, common parent parser) -> None
@@ -115,43 +204,82 @@ COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _add_echo,
     _add_segment,
     *FOLLOWUP_COMMANDS,  # followup show|export|report|plot|baseline, purge (node/followup_cli.py)
-    *RESULTS_COMMANDS,  # retry, followup show (node/results_cli.py)
+    *RESULTS_COMMANDS,  # retry, rerun, followup show (node/results_cli.py)
 ]
+
+
+def package_version() -> str:
+    """The installed distribution's version (``pip install -e .`` of this checkout)."""
+    try:
+        return version("ai-node")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ai-node", description="DICOM AI node")
+    parser.add_argument("--version", action="version", version=f"ai-node {package_version()}")
+    _add_global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = _common()
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, suppress=True)
     for add in COMMANDS:
         add(sub, common)
+    _with_global_options_everywhere(parser)
     return parser
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pynetdicom logs every PDU and request at INFO; keep its warnings only, unless debugging
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Command-line overrides; a relative --data-dir is relative to the current directory."""
     data_dir = args.data_dir.resolve() if args.data_dir is not None else None
-    return {"port": args.port, "data_dir": data_dir}
+    return {
+        "port": getattr(args, "port", None),
+        "data_dir": data_dir,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+        "outputs": getattr(args, "outputs", None),
+    }
+
+
+def config_path(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Path:
+    """--config, else $AINODE_CONFIG, else ./ae_config.yaml."""
+    env = os.environ if environ is None else environ
+    if args.config is not None:
+        return Path(args.config)
+    return Path(env[CONFIG_ENVIRONMENT]) if env.get(CONFIG_ENVIRONMENT) else DEFAULT_CONFIG_PATH
+
+
+def _missing_input(args: argparse.Namespace, path: Path) -> str | None:
+    """Why the command cannot start (a missing file or directory), or None."""
+    if not path.is_file():
+        where = (
+            "--config"
+            if args.config is not None
+            else f"${CONFIG_ENVIRONMENT}"
+            if os.environ.get(CONFIG_ENVIRONMENT)
+            else "the default"
+        )
+        what = "is a directory" if path.is_dir() else "no such file"
+        return f"configuration file {path} (from {where}): {what}"
+    dicom_dir = getattr(args, "dicom_dir", None)
+    if dicom_dir is not None and not dicom_dir.is_dir():
+        return f"{dicom_dir}: {'not a directory' if dicom_dir.exists() else 'no such directory'}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    path = config_path(args)
+    missing = _missing_input(args, path)
+    if missing is not None:
+        print(f"ai-node {args.command}: {missing}", file=sys.stderr)
+        return 2
     try:
-        config = load_config(args.config, overrides=_overrides(args))
+        config = load_config(path, overrides=_overrides(args))
     except ConfigError as exc:
         print(f"ai-node: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format, role="ai-node")
     handler: Handler = args.handler
     try:
         return handler(args, config)
