@@ -4,18 +4,20 @@
 
 1. run :class:`inference.pipeline.Segmenter` (one per worker process, so the
    model is loaded once) on the series' stored instances;
-2. write the configured DICOM outputs (``outputs:``) durably into the job's
-   work folder, each on its own: one that fails does not stop the others;
-3. record the run and its lesions in the follow-up record (a rerun of the
+2. record the run and its lesions in the follow-up record (a rerun of the
    same model on the same series replaces them), register it to the patient's
    previous study, track its lesions and assess RANO-BM (:mod:`jobs.followup`);
+3. write the configured DICOM outputs (``outputs:``) durably into the job's
+   work folder, each on its own: one that fails does not stop the others; each
+   tracked lesion's RT-Struct ROI is named by its track ("Lesion A") and its SR
+   group carries the track's TrackingUID, the same in every study;
 4. queue one delivery per written output and destination in the outbox, in
    one transaction with the check that the job is still running
    (:func:`storage.jobs.enqueue_results`): a job superseded meanwhile queues
    nothing.  The delivery service of ``ai-node serve`` sends them.
 
 Each stage's duration is recorded on the job (``load``, ``model_load``,
-``preprocess``, ``sliding_window``, ``postprocess``, ``outputs``, ``followup``,
+``preprocess``, ``sliding_window``, ``postprocess``, ``followup``, ``outputs``,
 ``enqueue``) and the stage running now is shown by ``ai-node status``.
 Failures raise :class:`NodeError` subclasses with a reason a person can read:
 the series cannot be trusted (SeriesGeometryError), the model does not load
@@ -82,14 +84,9 @@ def segment_job(context: JobContext) -> str | None:
     for stage, seconds in result.timings.items():
         context.record_stage(stage, seconds)
 
-    with _stage(context, "outputs"):
-        config = context.config
-        options = OutputOptions.from_config(config.dicom, data_dir=config.data_dir)
-        written = write_outputs(result, config.outputs, context.work_dir, options=options)
-
-    with _stage(context, "followup"):
+    with _stage(context, "followup"):  # first: the outputs carry the lesions' track labels
         source = read_header(result.volume.slices[0].path, StorageError, "stored instance")
-        record_and_track(  # the run, then its tracks and RANO-BM (jobs/followup.py)
+        _, tracks = record_and_track(  # the run, its tracks and RANO-BM (jobs/followup.py)
             source,
             result.provenance,
             result.lesions,
@@ -98,6 +95,13 @@ def segment_job(context: JobContext) -> str | None:
             job_id=context.job_id,
             timings=result.timings,
             notes=result.volume.notes,
+        )
+
+    with _stage(context, "outputs"):
+        config = context.config
+        options = OutputOptions.from_config(config.dicom, data_dir=config.data_dir)
+        written = write_outputs(
+            result, config.outputs, context.work_dir, options=options, tracks=tracks
         )
 
     note = "; ".join(f"{kind} not written: {why}" for kind, why in written.failed.items()) or None

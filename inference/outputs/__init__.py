@@ -24,7 +24,7 @@ With no lesion there is no SEG (see :mod:`inference.outputs.seg`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,12 +58,15 @@ def write_outputs(
     out_dir: Path,
     *,
     options: OutputOptions | None = None,
+    tracks: Mapping[int, tuple[str, str]] | None = None,
 ) -> WrittenOutputs:
     """Write the requested DICOM objects into ``out_dir``, each on its own.
 
     One kind failing (an unusual character set, say) does not stop the others:
     its reason is in ``failed`` and the caller decides.  Unknown kinds raise
-    ``ValueError`` before anything is written.
+    ``ValueError`` before anything is written.  ``tracks`` (ROI number ->
+    (TrackingUID, label), from the follow-up's lesion tracks) names the RT-Struct
+    ROIs and the SR's tracking identifiers.
     """
     kinds = list(kinds)
     unknown = set(kinds) - set(KINDS)
@@ -77,7 +80,7 @@ def write_outputs(
         _attempt(
             written,
             "rtstruct",
-            lambda: write_rtstruct(result, out_dir / FILE_NAMES["rtstruct"], options),
+            lambda: write_rtstruct(result, out_dir / FILE_NAMES["rtstruct"], options, tracks),
         )
     if "seg" not in wanted and "sr" not in wanted:
         return written
@@ -102,7 +105,7 @@ def write_outputs(
             written,
             "sr",
             lambda: save_durably(
-                build_sr(result, headers, seg, options), out_dir / FILE_NAMES["sr"]
+                build_sr(result, headers, seg, options, tracks), out_dir / FILE_NAMES["sr"]
             ),
         )
     return written

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +91,16 @@ _COPIED = (
 
 
 def write_rtstruct(
-    result: SegmentationResult, path: Path, options: OutputOptions | None = None
+    result: SegmentationResult,
+    path: Path,
+    options: OutputOptions | None = None,
+    tracks: Mapping[int, tuple[str, str]] | None = None,
 ) -> Path:
-    """Write the RT-Struct of ``result`` to ``path`` (durably) and return it."""
+    """Write the RT-Struct of ``result`` to ``path`` (durably) and return it.
+
+    ``tracks``: ROI number -> (TrackingUID, label) of the follow-up's lesion tracks;
+    a tracked lesion's ROI is named by its track's label ("Lesion A"), others "Lesion n".
+    """
     options = (options or OutputOptions()).for_model(result.provenance)
     volume = result.volume
     source = _first_header(volume)
@@ -100,7 +108,8 @@ def write_rtstruct(
     ds = _base_dataset(volume, headers, source, options)
     ranked = lesions_by_size(result)
     for rank, lesion in enumerate(ranked, start=1):
-        _add_lesion_roi(ds, result, lesion, rank, headers)
+        name = (tracks or {}).get(rank, ("", f"Lesion {rank}"))[1]
+        _add_lesion_roi(ds, result, lesion, (rank, name), headers)
     if not ranked:
         _add_no_lesion_roi(ds, volume.frame_of_reference_uid)
     _describe(ds, result, ranked, source, options)
@@ -166,13 +175,18 @@ def _base_dataset(
 
 
 def _add_lesion_roi(
-    ds: Dataset, result: SegmentationResult, lesion: Lesion, rank: int, headers: list[Dataset]
+    ds: Dataset,
+    result: SegmentationResult,
+    lesion: Lesion,
+    numbered: tuple[int, str],
+    headers: list[Dataset],
 ) -> None:
+    rank, name = numbered
     roi = ROIData(
         mask=None,  # type: ignore[arg-type]  # contours are ours, not rt-utils'
         color=list(lesion_colour(rank)),
         number=rank,
-        name=f"Lesion {rank}",
+        name=name,
         frame_of_reference_uid=result.volume.frame_of_reference_uid,  # type: ignore[arg-type]
         description=short_disclaimer(result.provenance),
         roi_generation_algorithm=0,  # AUTOMATIC

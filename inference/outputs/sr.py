@@ -28,6 +28,7 @@ observer is the node as a device, with the installation's stable device UID.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import highdicom as hd
@@ -60,8 +61,14 @@ def build_sr(
     source_images: list[Dataset],
     seg: Dataset | None,
     options: OutputOptions | None = None,
+    tracks: Mapping[int, tuple[str, str]] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """The measurement report of ``result``; ``seg`` is required when there are lesions."""
+    """The measurement report of ``result``; ``seg`` is required when there are lesions.
+
+    ``tracks``: lesion rank -> (TrackingUID, label) of the follow-up's lesion tracks, so
+    the same lesion has the same Tracking UID and identifier in every study's SR; an
+    untracked lesion gets a new UID and "Lesion n".
+    """
     options = (options or OutputOptions()).for_model(result.provenance)
     provenance = result.provenance
     ranked = lesions_by_size(result)
@@ -73,7 +80,7 @@ def build_sr(
         parameters=[f"weights_sha256={provenance.weights_sha256}"],
     )
     groups: list[Any] = [
-        _lesion_group(lesion, rank, seg, algorithm, options)  # type: ignore[arg-type]
+        _lesion_group(lesion, (rank, (tracks or {}).get(rank)), seg, algorithm, options)  # type: ignore[arg-type]
         for rank, lesion in enumerate(ranked, start=1)
     ] or [_no_lesion_group(algorithm, options)]
     observer = hd.sr.ObserverContext(
@@ -136,11 +143,13 @@ def _add_disclaimer(report: hd.sr.MeasurementReport, disclaimer: str) -> None:
 
 def _lesion_group(
     lesion: Lesion,
-    rank: int,
+    ranked: tuple[int, tuple[str, str] | None],
     seg: Dataset,
     algorithm: hd.sr.AlgorithmIdentification,
     options: OutputOptions,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    rank, track = ranked
+    uid, identifier = track if track is not None else (new_uid(options), f"Lesion {rank}")
     mm, mm3 = codes.UCUM.Millimeter, codes.UCUM.CubicMillimeter
     measurements = [
         hd.sr.Measurement(
@@ -180,9 +189,7 @@ def _lesion_group(
             )
         )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=new_uid(options), identifier=f"Lesion {rank}"
-        ),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=identifier),
         referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, segment_number=rank),
         finding_type=codes.SCT.Lesion,
         finding_sites=[hd.sr.FindingSite(codes.SCT.Brain)],

@@ -5,20 +5,23 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import peewee
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from scipy.ndimage import affine_transform
 
 from common.types import Lesion as MeasuredLesion
+from inference.outputs import write_outputs
 from inference.registration import apply, register_arrays
 from inference.types import Volume
-from jobs.followup import register_runs
+from jobs.followup import record_and_track, register_runs
 from storage import followup, rano, tracking
-from tests.results.conftest import PROVENANCE
+from tests.results.conftest import PROVENANCE, build_case
 
 
 def header(patient: str, study: str, date: str, frame: str = "1.2.3.4") -> Dataset:
@@ -308,3 +311,50 @@ def test_glue_registers_then_tracks(tmp_path: Path, node_db: peewee.Database) ->
     assert same.method == "identity" and np.array_equal(same.transform, np.eye(4))
     missing = register_runs(third, second, {}, tmp_path)  # images gone: flagged
     assert missing.method == "unregistered" and "no longer stored" in missing.note
+
+
+def _tracking_items(ds: Dataset) -> list[tuple[str, str]]:
+    """(TrackingIdentifier, TrackingUID) of each measurement group of an SR, in order."""
+    found: list[tuple[str, str]] = []
+
+    def walk(items: Any) -> None:
+        for item in items:
+            codes_here = {
+                c.ConceptNameCodeSequence[0].CodeValue: c
+                for c in item.get("ContentSequence", [])
+                if "ConceptNameCodeSequence" in c
+            }
+            if "112039" in codes_here and "112040" in codes_here:
+                found.append((codes_here["112039"].TextValue, codes_here["112040"].UID))
+            walk(item.get("ContentSequence", []))
+
+    walk(ds.ContentSequence)
+    return found
+
+
+def test_outputs_carry_the_tracks(tmp_path: Path, node_db: peewee.Database) -> None:
+    """The SR of a follow-up study repeats the TrackingUIDs and identifiers of the earlier one;
+    RT-Struct ROIs are named by the tracks."""
+    written = {}
+    for date in ("20250101", "20250401"):
+        paths, result = build_case(tmp_path / date, patient_id="OUT1", study_date=date)
+        if date == "20250401":  # the smallest lesion is gone at follow-up
+            smallest = min(result.lesions, key=lambda m: m.volume_mm3)
+            result.labels[result.labels == smallest.number] = 0
+            result.lesions.remove(smallest)
+        source = pydicom.dcmread(paths[0], stop_before_pixels=True)
+        run, tracks = record_and_track(source, PROVENANCE, result.lesions, None, tmp_path)
+        assert len(tracks) == len(result.lesions)
+        written[date] = write_outputs(
+            result, ["rtstruct", "seg", "sr"], tmp_path / f"out{date}", tracks=tracks
+        ).paths
+    first, second = (pydicom.dcmread(written[d]["sr"]) for d in ("20250101", "20250401"))
+    before, after = _tracking_items(first), _tracking_items(second)
+    assert [name for name, _ in before] == ["Lesion A", "Lesion B", "Lesion C"]
+    assert after == before[:2]  # same identifiers, same UIDs
+    uids = {t.label: t.tracking_uid for t in tracking.LesionTrack.select()}
+    assert dict(before) == uids
+    rtstruct = pydicom.dcmread(written["20250401"]["rtstruct"])
+    assert [r.ROIName for r in rtstruct.StructureSetROISequence] == ["Lesion A", "Lesion B"]
+    patient = followup.Patient.get(followup.Patient.patient_id == "OUT1")
+    assert len(rano.patient_responses(patient)) == 2
