@@ -105,7 +105,7 @@ class Node:
             self.delivery = DeliveryService(config)
             self.delivery.start()
         if config.metrics.enabled:  # /metrics and /healthz (node/metrics.py)
-            self.metrics = MetricsServer(config, lambda: scp_listening(self.server))
+            self.metrics = MetricsServer(config, self._listening)
             self.metrics.start()
 
     def check_database(self) -> None:
@@ -132,6 +132,12 @@ class Node:
             "database rebuilt: %d instance(s) indexed, %d delivered series restored",
             added,
             restored,
+        )
+
+    def _listening(self) -> bool:
+        """Every listener of the SCP is open (the TLS one too, with ``tls.port``): /healthz."""
+        return scp_listening(self.server) and (
+            self.tls_server is None or scp_listening(self.tls_server)
         )
 
     @property
