@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := dcmtk orthanc dicom3tools libgl1 libglib2.0-0
+DEBIAN_PACKAGES := dcmtk orthanc dicom3tools systemd chromium libgl1 libglib2.0-0
 
 .PHONY: run test test-fast install debian-deps lint format bench stress clean
 
