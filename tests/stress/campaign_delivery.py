@@ -166,6 +166,7 @@ def outage(
     )[0][0]
     destination.start()
     back = time.monotonic()
+    down_for = back - first_failure
     ok = wait_for(lambda: all(delivered(node, s) for s in series_list), settle_timeout, 0.3)
     arrived_after = time.monotonic() - back
     if not ok:
@@ -183,7 +184,7 @@ def outage(
         violations += figures.pop("violations")
         per_series.append({"series": series, "deliveries": rows, **figures})
     return {
-        "outage_s": round(time.monotonic() - first_failure - arrived_after, 1),
+        "outage_s": round(down_for, 1),
         "attempts_during_outage": attempts_during,
         "all_arrived_s_after_back": round(arrived_after, 1),
         "series": per_series,

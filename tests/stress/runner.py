@@ -1,8 +1,8 @@
 """Runs every campaign at one size, in two lanes, and writes the figures.
 
-Lane A: kill -9 rounds (receive/job) → bad input → resources.
-Lane B: delivery kill rounds and the destination outage (one node with the segmentation
-task) → disk full.  The lanes run side by side (threads; each campaign has its own
+Lane A: kill -9 rounds (receive/job) → bad input → disk full.
+Lane B: the destination outage and the delivery kill rounds (one node with the
+segmentation task) → resources.  The lanes run side by side (threads; each campaign has its own
 ``ai-node serve`` on its own port and data_dir) because most of a campaign is waiting
 for timers, workers and back-off.  ``serial=True`` runs them one after the other.
 """
@@ -78,16 +78,7 @@ def run_all(size: Size, workdir: Path, serial: bool = False) -> dict[str, Any]:
             lambda: campaign_kill.run(workdir / "kill", size.kill_rounds, size.slices, size.seed),
         ),
         ("bad-input", lambda: campaign_bad_input.run(workdir / "bad")),
-        (
-            "resources",
-            lambda: campaign_resources.run(
-                workdir / "resources",
-                size.slowloris_sockets,
-                size.slowloris_seconds,
-                0.5,
-                size.junk_mib,
-            ),
-        ),
+        ("disk-full", lambda: campaign_disk.run(workdir / "disk", size.disk_tmpfs_mib)),
     ]
     lane_b = [
         (
@@ -101,7 +92,16 @@ def run_all(size: Size, workdir: Path, serial: bool = False) -> dict[str, Any]:
                 first_round=size.kill_rounds,
             ),
         ),
-        ("disk-full", lambda: campaign_disk.run(workdir / "disk", size.disk_tmpfs_mib)),
+        (
+            "resources",
+            lambda: campaign_resources.run(
+                workdir / "resources",
+                size.slowloris_sockets,
+                size.slowloris_seconds,
+                0.5,
+                size.junk_mib,
+            ),
+        ),
     ]
 
     def lane(steps: list[tuple[str, Callable[[], Any]]]) -> None:
