@@ -16,7 +16,10 @@ in patient millimetres whatever the orientation of the series:
 
 Optionally, a component is kept only when its most confident voxel reaches a
 minimum (``postprocessing.min_peak_probability``): an unsure speck is dropped
-while the edges of a confident lesion keep the usual decision rule.
+while the edges of a confident lesion keep the usual decision rule.  That peak,
+as a lesion probability, is each lesion's ``peak_probability``.  With a brain
+mask (:mod:`inference.brain_mask`), components mostly outside it are dropped
+and the rest are clipped to it.
 
 Distances between voxel centres read about one voxel shorter than the visible
 extent of a lesion; that is the convention of most contouring tools.
@@ -25,6 +28,8 @@ extent of a lesion; that is the convention of most contouring tools.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import replace
 
 import cc3d
 import numpy as np
@@ -41,28 +46,46 @@ def find_lesions(
     min_lesion_mm3: float,
     confidence: np.ndarray | None = None,
     min_peak: float = -np.inf,
+    *,
+    to_probability: Callable[[float], float] | None = None,
+    region: np.ndarray | None = None,
+    min_inside_fraction: float = 0.5,
 ) -> tuple[np.ndarray, list[Lesion]]:
     """``(labels uint16 [i, j, k], lesions)`` with labels numbered like the lesions.
 
     With a ``confidence`` map (same grid), a component is kept only when its
-    most confident voxel reaches ``min_peak``.
+    most confident voxel reaches ``min_peak``; ``to_probability`` turns that
+    peak into the lesion's ``peak_probability``.  With a ``region`` (the brain
+    mask, bool, same grid), a component with less than ``min_inside_fraction``
+    of its voxels inside is dropped and the others are clipped to it, so no
+    voxel outside the region is ever output; size and peak are judged on the
+    clipped voxels.
     """
     components = cc3d.connected_components(
         np.ascontiguousarray(mask, dtype=np.uint8), connectivity=26
     )
+    if region is not None:
+        components = clip_to_region(components, region, min_inside_fraction)
     voxel_mm3 = float(abs(np.linalg.det(affine_lps[:3, :3])))
     stats = cc3d.statistics(components)
     counts = np.asarray(stats["voxel_counts"], dtype=np.int64)
-    kept = [n for n in range(1, len(counts)) if counts[n] * voxel_mm3 >= min_lesion_mm3]
-    small = len(counts) - 1 - len(kept)
-    if small:
-        LOGGER.info("dropped %d component(s) under %.1f mm3", small, min_lesion_mm3)
-    if confidence is not None and kept and min_peak > -np.inf:
-        peaks = component_peaks(components, confidence, len(counts))
+    present = [n for n in range(1, len(counts)) if counts[n] > 0]
+    kept = [n for n in present if counts[n] * voxel_mm3 >= min_lesion_mm3]
+    if len(present) > len(kept):
+        LOGGER.info(
+            "dropped %d component(s) under %.1f mm3", len(present) - len(kept), min_lesion_mm3
+        )
+    peaks = component_peaks(components, confidence, len(counts)) if confidence is not None else None
+    if peaks is not None and kept and min_peak > -np.inf:
         unsure = {n for n in kept if peaks[n] < min_peak}
         if unsure:
+            # in the configuration's units: min_peak_probability, not the margin it became
+            limit = to_probability(min_peak) if to_probability is not None else min_peak
             LOGGER.info(
-                "dropped %d component(s) whose peak confidence is under %.3f", len(unsure), min_peak
+                "dropped %d component(s) whose peak %s is under %.3g",
+                len(unsure),
+                "lesion probability" if to_probability is not None else "confidence",
+                limit,
             )
         kept = [n for n in kept if n not in unsure]
     kept.sort(key=lambda n: (-counts[n], n))
@@ -73,8 +96,34 @@ def find_lesions(
         local = components[box] == component
         labels[box][local] = number
         offset = np.array([s.start for s in box], dtype=float)
-        lesions.append(measure(number, np.argwhere(local) + offset, affine_lps, voxel_mm3))
+        lesion = measure(number, np.argwhere(local) + offset, affine_lps, voxel_mm3)
+        if peaks is not None and to_probability is not None:
+            lesion = replace(lesion, peak_probability=round(to_probability(peaks[component]), 4))
+        lesions.append(lesion)
     return labels, lesions
+
+
+def clip_to_region(
+    components: np.ndarray, region: np.ndarray, min_inside_fraction: float
+) -> np.ndarray:
+    """Components with too few voxels inside ``region`` removed; the rest cut to ``region``."""
+    flat = components.ravel()
+    count = int(flat.max()) + 1
+    total = np.bincount(flat, minlength=count)
+    inside = np.bincount(flat[region.ravel()], minlength=count)
+    fraction = inside / np.maximum(total, 1)
+    outside = np.flatnonzero((fraction < min_inside_fraction) & (total > 0))
+    outside = outside[outside > 0]
+    if len(outside):
+        LOGGER.info(
+            "dropped %d component(s) with less than %.0f %% of their voxels inside the brain mask",
+            len(outside),
+            100 * min_inside_fraction,
+        )
+    keep = np.ones(count, bool)
+    keep[outside] = False
+    keep[0] = False
+    return np.where(region & keep[components], components, 0).astype(components.dtype)
 
 
 def component_peaks(components: np.ndarray, confidence: np.ndarray, count: int) -> np.ndarray:

@@ -8,11 +8,17 @@ present (``device: auto``), else CPU.  Precision (``precision: auto``): bf16
 autocast on CUDA that supports it and on a CPU with AMX or AVX512-BF16 (UNETR
 runs about twice as fast there), else fp32.  The choice is logged once.
 
+With ``model.brain_mask`` active, a brain mask (:mod:`inference.brain_mask`,
+deepbet) is found first: the sliding window runs on the grown mask's bounding
+box only, and no voxel outside the grown mask is ever output.
+
 The model's output is reduced to one lesion *margin* map on the model grid
 (argmax: lesion logit minus the largest other logit; threshold: lesion
 probability minus the threshold), resampled trilinearly to the source voxels
 (:func:`inference.preprocess.to_source_grid`) and cut at zero, so the mask's
-edges follow the source grid's finer voxels instead of the model's.
+edges follow the source grid's finer voxels instead of the model's.  Each
+lesion's ``peak_probability`` is its most confident voxel's margin turned back
+into a lesion probability.
 """
 
 from __future__ import annotations
@@ -25,18 +31,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 
 from config.schema import Model
+from inference.brain_mask import BrainExtractor, BrainMaskError, BrainRegion
 from inference.lesions import find_lesions
 from inference.model import load_model
 from inference.preprocess import model_affine_lps, preprocess, to_source_grid
-from inference.types import ModelProvenance, SegmentationResult, Volume
+from inference.types import Lesion, ModelProvenance, SegmentationResult, Volume
 from inference.volume import load_series
 
 LOGGER = logging.getLogger(__name__)
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+CROP_PAD_VOXELS = 8  # context around the grown brain mask's box for the sliding window
 
 
 def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
@@ -75,6 +84,7 @@ class Segmenter:
         self.device, self.precision = choose_device(model_config)
         self._model: torch.nn.Module | None = None
         self._sha256 = ""
+        self._brain: BrainExtractor | None = None
 
     @property
     def provenance(self) -> ModelProvenance:
@@ -107,28 +117,68 @@ class Segmenter:
         result.timings = {"load": loaded, **result.timings}
         return result
 
+    def brain_extractor(self) -> BrainExtractor | None:
+        """The brain-mask stage when ``model.brain_mask`` is active (loaded on first use)."""
+        if self._brain is None and self.config.brain_mask.active:
+            self._brain = BrainExtractor(self.config.brain_mask, self.device)
+        return self._brain
+
     def segment_volume(self, volume: Volume) -> SegmentationResult:
         timings: dict[str, float] = {}
         if self._model is None:
             start = time.perf_counter()
             self.model()
             timings["model_load"] = time.perf_counter() - start
+        brain = None
+        extractor = self.brain_extractor()
+        if extractor is not None:
+            start = time.perf_counter()
+            brain = extractor.extract(volume)
+            timings["brain_mask"] = time.perf_counter() - start
         start = time.perf_counter()
         image = preprocess(volume, self.config.preprocessing)
         timings["preprocess"] = time.perf_counter() - start
         start = time.perf_counter()
-        logits = self.sliding_window(image)
+        margin = self.margin_map(image, brain)
         timings["sliding_window"] = time.perf_counter() - start
         start = time.perf_counter()
-        labels, lesions = self.postprocess(logits, model_affine_lps(image), volume)
+        labels, lesions = self.postprocess(margin, model_affine_lps(image), volume, brain)
         timings["postprocess"] = time.perf_counter() - start
         LOGGER.info(
-            "series %s: %d lesion(s); %s",
+            "series %s: %d lesion(s)%s; %s",
             volume.series_instance_uid,
             len(lesions),
+            f" (brain mask {brain.volume_ml:.0f} mL)" if brain is not None else "",
             ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()),
         )
         return SegmentationResult(volume, labels, lesions, self.provenance, timings)
+
+    def margin_map(self, image: MetaTensor, brain: BrainRegion | None = None) -> np.ndarray:
+        """The decision margin on the model grid; with a brain mask, windows cover only its box.
+
+        Outside the box the margin is -1 (no lesion).
+        """
+        box = self.window_box(image, brain)
+        if box is None:
+            return self.margin(self.sliding_window(image))
+        margin = np.full(tuple(image.shape[1:]), -1.0, np.float32)
+        margin[box] = self.margin(self.sliding_window(image[(slice(None), *box)]))
+        return margin
+
+    def window_box(
+        self, image: MetaTensor, brain: BrainRegion | None
+    ) -> tuple[slice, slice, slice] | None:
+        """The model-grid box around the grown brain mask (plus ``CROP_PAD_VOXELS``), or None."""
+        if brain is None or not self.config.brain_mask.crop_sliding_window:
+            return None
+        shape = tuple(int(n) for n in image.shape[1:])
+        inside = brain.inside(model_affine_lps(image), shape)
+        if not inside.any():
+            raise BrainMaskError("the brain mask does not overlap the model's field of view")
+        where = np.argwhere(inside)
+        low = np.maximum(where.min(0) - CROP_PAD_VOXELS, 0)
+        high = np.minimum(where.max(0) + CROP_PAD_VOXELS + 1, shape)
+        return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))  # type: ignore[return-value]
 
     def _autocast(self) -> AbstractContextManager[object]:
         if self.precision == "bf16":
@@ -157,12 +207,20 @@ class Segmenter:
     def lesion_probability(self, volume: Volume) -> np.ndarray:
         """The lesion probability on the source grid (0 outside the model's field of view).
 
-        The same stages as :meth:`segment_volume` up to the decision rule; for
-        choosing thresholds on validation series (:mod:`demo.training.tune`).
+        The same stages as :meth:`segment_volume` up to the decision rule, brain mask
+        included (0 outside it); for choosing thresholds on validation series
+        (:mod:`demo.training.tune`).
         """
+        extractor = self.brain_extractor()
+        brain = extractor.extract(volume) if extractor is not None else None
         image = preprocess(volume, self.config.preprocessing)
-        probability = self.probability(self.sliding_window(image))
-        return to_source_grid(probability.numpy(), model_affine_lps(image), volume, cval=0.0)
+        box = self.window_box(image, brain) or (slice(None),) * 3
+        probability = np.zeros(tuple(image.shape[1:]), np.float32)
+        probability[box] = self.probability(self.sliding_window(image[(slice(None), *box)]))
+        out = to_source_grid(probability, model_affine_lps(image), volume, cval=0.0)
+        if brain is not None:
+            out[~brain.inside(volume.affine_lps, volume.array.shape)] = 0.0
+        return out
 
     def probability(self, logits: torch.Tensor) -> torch.Tensor:
         """The lesion probability on the model grid: sigmoid of a single channel, else softmax."""
@@ -180,17 +238,48 @@ class Segmenter:
         return (logits[channel] - others).numpy()
 
     def postprocess(
-        self, logits: torch.Tensor, model_lps: np.ndarray, volume: Volume
-    ) -> tuple[np.ndarray, list]:
+        self,
+        margin_model: np.ndarray,
+        model_lps: np.ndarray,
+        volume: Volume,
+        brain: BrainRegion | None = None,
+    ) -> tuple[np.ndarray, list[Lesion]]:
+        """Labels and lesions on the source grid from the margin on the model grid.
+
+        With a brain mask, components mostly outside the grown mask are dropped and
+        the rest clipped to it (``model.brain_mask.min_inside_fraction``).
+        """
         post = self.config.postprocessing
-        margin = to_source_grid(self.margin(logits), model_lps, volume, cval=-1.0)
+        margin = to_source_grid(margin_model, model_lps, volume, cval=-1.0)
+        region = None
+        if brain is not None:
+            region = brain.inside(volume.affine_lps, volume.array.shape)
         return find_lesions(
             margin > 0,
             volume.affine_lps,
             post.min_lesion_mm3,
             margin,
-            self.peak_margin(logits.shape[0]),
+            self.peak_margin(self.channels),
+            to_probability=self.margin_probability,
+            region=region,
+            min_inside_fraction=self.config.brain_mask.min_inside_fraction,
         )
+
+    @property
+    def channels(self) -> int:
+        return self.config.unetr.out_channels
+
+    def margin_probability(self, margin: float) -> float:
+        """A margin value back to a lesion probability (inverse of :meth:`margin`).
+
+        Threshold rules: probability = margin + threshold.  Argmax: the sigmoid of
+        the margin, which is the softmax lesion probability of a two-channel model
+        (with more channels an upper bound of it).
+        """
+        post = self.config.postprocessing
+        if self.channels == 1 or post.method == "threshold":
+            return float(np.clip(margin + post.threshold, 0.0, 1.0))
+        return float(1.0 / (1.0 + np.exp(-np.clip(margin, -60.0, 60.0))))
 
     def peak_margin(self, channels: int) -> float:
         """``min_peak_probability`` on the margin's scale (-inf when off).

@@ -103,8 +103,19 @@ def to_source_grid(
     Equivalent to MONAI ``Invertd`` on the Spacing/Orientation trace, done in chunks
     of source slices so a 512x512x300 series stays within a small memory budget.
     """
-    source_to_model = np.linalg.inv(model_lps) @ volume.affine_lps
-    shape = volume.array.shape
+    return resample_to_grid(model_map, model_lps, volume.affine_lps, volume.array.shape, cval)
+
+
+def resample_to_grid(
+    array: np.ndarray,
+    array_lps: np.ndarray,
+    target_lps: np.ndarray,
+    shape: tuple[int, ...],
+    cval: float,
+) -> np.ndarray:
+    """``array`` (on the grid ``array_lps``) sampled trilinearly at every voxel of a target grid."""
+    target_to_array = np.linalg.inv(array_lps) @ target_lps
+    shape = tuple(int(n) for n in shape[:3])
     out = np.empty(shape, np.float32)
     per_chunk = max(1, CHUNK_VOXELS // (shape[0] * shape[1]))
     i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
@@ -121,7 +132,7 @@ def to_source_grid(
             .reshape(3, -1)
             .astype(np.float64)
         )
-        coords = source_to_model[:3, :3] @ ijk + source_to_model[:3, 3:4]
-        values = ndimage.map_coordinates(model_map, coords, order=1, mode="constant", cval=cval)
+        coords = target_to_array[:3, :3] @ ijk + target_to_array[:3, 3:4]
+        values = ndimage.map_coordinates(array, coords, order=1, mode="constant", cval=cval)
         out[:, :, ks] = values.reshape(shape[0], shape[1], len(ks))
     return out

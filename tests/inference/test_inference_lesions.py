@@ -95,3 +95,40 @@ def test_component_peaks_match_scipy() -> None:
     expected = ndimage.maximum(confidence, components, index=[1, 2, 3, 5])
     assert np.allclose(peaks[[1, 2, 3, 5]], expected)
     assert peaks[0] == -np.inf and peaks[4] == -np.inf
+
+
+def test_components_outside_the_region_are_dropped_and_the_rest_clipped() -> None:
+    """Nothing outside the brain mask is output; a lesion mostly outside it is not output at all."""
+    mask = np.zeros((40, 30, 30), bool)
+    region = np.zeros(mask.shape, bool)
+    region[:20] = True
+    mask[10:16, 5:11, 5:11] = True  # inside: kept whole
+    mask[17:23, 15:21, 15:21] = True  # half inside (i 17..19 of 17..22): kept, clipped
+    mask[19:25, 2:4, 20:26] = True  # one sixth inside: dropped
+    mask[30:36, 20:26, 2:8] = True  # outside: dropped
+    labels, lesions = find_lesions(mask, np.eye(4), 1.0, region=region, min_inside_fraction=0.5)
+    assert [lesion.voxel_count for lesion in lesions] == [216, 108]
+    assert not (labels[~region] > 0).any()
+    _, strict = find_lesions(mask, np.eye(4), 1.0, region=region, min_inside_fraction=0.9)
+    assert [lesion.voxel_count for lesion in strict] == [216]
+    _, unmasked = find_lesions(mask, np.eye(4), 1.0)
+    assert len(unmasked) == 4
+
+
+def test_peak_probability_is_the_most_confident_voxel() -> None:
+    mask = np.zeros((30, 30, 30), bool)
+    confidence = np.zeros(mask.shape, np.float32)
+    mask[2:8, 2:8, 2:8] = True
+    confidence[2:8, 2:8, 2:8] = 0.5
+    confidence[4, 5, 6] = 2.0
+    mask[12:16, 12:16, 12:16] = True
+    confidence[12:16, 12:16, 12:16] = 1.0
+    _, lesions = find_lesions(
+        mask, np.eye(4), 1.0, confidence, to_probability=lambda m: 1 / (1 + np.exp(-m))
+    )
+    assert [lesion.peak_probability for lesion in lesions] == [
+        pytest.approx(1 / (1 + np.exp(-2.0)), abs=1e-4),
+        pytest.approx(1 / (1 + np.exp(-1.0)), abs=1e-4),
+    ]
+    _, unknown = find_lesions(mask, np.eye(4), 1.0)
+    assert all(lesion.peak_probability is None for lesion in unknown)

@@ -165,3 +165,21 @@ def test_lesion_probability_agrees_with_the_segmentation(
     mask = probability > 0.5
     dice = 2 * (mask & (result.labels > 0)).sum() / (mask.sum() + (result.labels > 0).sum())
     assert dice > 0.99
+
+
+@pytest.mark.parametrize(("method", "threshold"), [("argmax", 0.5), ("threshold", 0.3)])
+def test_each_lesion_carries_its_peak_probability(
+    tmp_path: Path, threshold_model: Model, method: str, threshold: float
+) -> None:
+    """The test network's lesion probability peaks at sigmoid(4) = 0.982 inside the blob; the margin
+    turned back into a probability gives that figure under either decision rule, and lesions.json
+    carries it."""
+    blob_series(tmp_path / "in", "oblique", tuple(CENTRE))
+    post = threshold_model.postprocessing.model_copy(
+        update={"method": method, "threshold": threshold}
+    )
+    model = threshold_model.model_copy(update={"postprocessing": post})
+    config = load_config(REPO / "ae_config.yaml", environ={}).model_copy(update={"model": model})
+    assert run(config, tmp_path / "in", tmp_path / "out") == 0
+    (lesion,) = json.loads((tmp_path / "out" / "lesions.json").read_text())["lesions"]
+    assert lesion["peak_probability"] == pytest.approx(1 / (1 + np.exp(-4.0)), abs=0.01)
