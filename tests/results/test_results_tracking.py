@@ -1,7 +1,19 @@
-"""Lesion tracks across studies, registration of two series, RANO-BM."""
+"""Lesion tracks across studies, registration of two series, RANO-BM.
+
+The database tests run on SQLite and, where the Debian ``postgresql`` package and
+psycopg2 are installed, on a throw-away PostgreSQL cluster (``initdb`` + ``pg_ctl``
+as the ``postgres`` user, trust authentication on a free loopback port).
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -21,7 +33,87 @@ from inference.registration import apply, register_arrays
 from inference.types import Volume
 from jobs.followup import record_and_track, register_runs
 from storage import followup, rano, tracking
+from storage.db import init_database
 from tests.results.conftest import PROVENANCE, build_case
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pg_available() -> bool:
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        return False
+    return (PG_BIN / "initdb").exists() and shutil.which("runuser") is not None
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster for this module; yields its server URL (no database)."""
+    if not _pg_available():
+        pytest.skip("needs the Debian postgresql package and psycopg2")
+    root = Path(tempfile.mkdtemp(prefix="ai-node-pg-"))
+    os.chmod(root, 0o755)
+    data = root / "data"
+    shutil.chown(root, "postgres")
+    port = _free_port()
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off"
+    subprocess.run(
+        [
+            *as_postgres,
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-w",
+            "start",
+            "-l",
+            str(root / "log"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            [*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def node_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[peewee.Database]:
+    """The node's database on SQLite, then on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        db = init_database(tmp_path / "db" / "node.sqlite")
+    else:
+        import psycopg2
+
+        server = request.getfixturevalue("postgres_url")
+        name = f"t{uuid.uuid4().hex[:12]}"
+        connection = psycopg2.connect(server + "/postgres")
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name}")
+        connection.close()
+        db = init_database(tmp_path / "unused.sqlite", f"{server}/{name}")
+    yield db
+    db.close()
 
 
 def header(patient: str, study: str, date: str, frame: str = "1.2.3.4") -> Dataset:
@@ -285,7 +377,15 @@ def volume(array: np.ndarray, affine: np.ndarray, uid: str) -> Volume:
     return Volume(array, affine, [], uid, "", "")
 
 
-def test_glue_registers_then_tracks(tmp_path: Path, node_db: peewee.Database) -> None:
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[peewee.Database]:
+    """SQLite only: for a test whose time goes to image registration, not to the database."""
+    db = init_database(tmp_path / "db" / "node.sqlite")
+    yield db
+    db.close()
+
+
+def test_glue_registers_then_tracks(tmp_path: Path, sqlite_db: peewee.Database) -> None:
     array, affine = template()
     motion = rigid(8.0, (10.0, 4.0, -6.0))
     centre = tuple(float(v) for v in apply(affine, np.array(array.shape) / 2)[0])
