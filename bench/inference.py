@@ -13,7 +13,10 @@ times each stage (load, preprocess, sliding window, postprocess) for
       the same model and windows,
 
 in the same run, each after an untimed warm-up, and prints the times, the ratio
-and the Dice between the two masks.  A separate process then segments a
+and the Dice between the two masks.  (a) and (b) both run without the brain mask,
+so they compare the network stage alone.  A third comparison times the configured
+pipeline with its brain mask (deepbet; the sliding window on the grown mask's box)
+against the same pipeline without it.  A separate process then segments a
 512x512x300 series and reports its peak resident memory (VmHWM).  Nothing here
 is asserted: the figures go to docs/inference.md with the machine they came from.
 """
@@ -60,6 +63,12 @@ def sdk_default(config: Model) -> Model:
     return config.model_copy(update={"precision": "fp32", "sliding_window": window})
 
 
+def without_brain_mask(config: Model) -> Model:
+    return config.model_copy(
+        update={"brain_mask": config.brain_mask.model_copy(update={"enabled": False})}
+    )
+
+
 def full_size_config(config: Model, folder: Path) -> Model:
     params = config.unetr.model_copy(update=FULL_SIZE)
     torch.manual_seed(0)
@@ -92,6 +101,9 @@ def warm_up(segmenter: Segmenter, paths: list[Path]) -> None:
 def run_once(config: Model, paths: list[Path]) -> tuple[dict[str, float], np.ndarray, str]:
     segmenter = Segmenter(config)
     segmenter.model()  # loading the weights is not a per-series cost
+    extractor = segmenter.brain_extractor()
+    if extractor is not None:
+        extractor.network()  # nor is loading deepbet's
     warm_up(segmenter, paths)
     start = time.perf_counter()
     result = segmenter.segment(paths)
@@ -101,6 +113,7 @@ def run_once(config: Model, paths: list[Path]) -> tuple[dict[str, float], np.nda
 
 
 def compare(name: str, config: Model, paths: list[Path]) -> dict:
+    config = without_brain_mask(config)
     ours, mask_a, precision = run_once(config, paths)
     theirs, mask_b, _ = run_once(sdk_default(config), paths)
     total = mask_a.sum() + mask_b.sum()
@@ -114,6 +127,25 @@ def compare(name: str, config: Model, paths: list[Path]) -> dict:
         "speedup_sliding_window": round(theirs["sliding_window"] / ours["sliding_window"], 2),
         "dice_between_masks": round(dice, 4),
         "lesion_voxels": [int(mask_a.sum()), int(mask_b.sum())],
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def brain_mask_effect(config: Model, paths: list[Path]) -> dict:
+    """The configured pipeline with and without its brain mask: stage times and lesion voxels."""
+    masked = config.model_copy(
+        update={"brain_mask": config.brain_mask.model_copy(update={"enabled": True})}
+    )
+    with_mask, mask_a, _ = run_once(masked, paths)
+    without, mask_b, _ = run_once(without_brain_mask(config), paths)
+    row = {
+        "model": "demo UNETR, brain mask",
+        "with_brain_mask": with_mask,
+        "without_brain_mask": without,
+        "speedup_total": round(without["total"] / with_mask["total"], 2),
+        "lesion_voxels": [int(mask_a.sum()), int(mask_b.sum())],
+        "lesion_voxels_only_without_mask": int((mask_b & ~mask_a).sum()),
     }
     print(json.dumps(row), flush=True)
     return row
@@ -178,6 +210,7 @@ def main() -> int:
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--skip-full-size", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-brain-mask", action="store_true")
     parser.add_argument("--memory-child", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -214,6 +247,8 @@ def main() -> int:
                     case.dicom_paths,
                 )
             )
+        if not args.skip_brain_mask:
+            rows.append(brain_mask_effect(config, case.dicom_paths))
         memory = None if args.skip_memory else memory_run(work, args.config)
     if args.out:
         args.out.write_text(json.dumps({"comparisons": rows, "memory": memory}, indent=1))
