@@ -134,6 +134,9 @@ def patient_summary(patient_id: str) -> dict[str, Any] | None:
     patient = Patient.get_or_none(Patient.patient_id == patient_id)
     if patient is None:
         return None
+    if not tracking.LesionTrack.select().where(tracking.LesionTrack.patient == patient).exists():
+        tracking.retrack_patient(patient)  # runs recorded before tracking existed
+        rano.assess_patient(patient)
     summary = tracking.patient_tracks(patient)
     responses = rano.patient_responses(patient)
     for point in summary["time_points"]:

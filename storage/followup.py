@@ -13,11 +13,11 @@ another model keeps its own run beside it.
 ``Patient`` holds PHI (PatientID, name, birth date, sex): it is never logged at
 INFO level, and ``ai-node followup show`` is an administrator's command.
 
-Tracking lesions across studies comes later.  The shape is ready for it: each
-lesion has its centroid in patient LPS millimetres and its series' Frame of
-Reference, the study date orders time points, and ``Lesion.tracking_uid``
-(null for now) is where a lesion track identifier (the SR's Tracking UID) goes;
-a future ``LesionTrack`` table can point to it without changing these rows.
+Tracking lesions across studies is :mod:`storage.tracking` (tracks, registrations)
+and :mod:`storage.rano` (RANO-BM), driven by :mod:`jobs.followup`: each lesion
+has its centroid in patient LPS millimetres and its series' Frame of Reference,
+the study date orders time points, and ``Lesion.tracking_uid`` holds the
+lesion's track (the SR's Tracking UID) once tracked (docs/followup.md).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class Lesion(BaseModel):
     centroid_x_mm = peewee.FloatField()  # LPS
     centroid_y_mm = peewee.FloatField()
     centroid_z_mm = peewee.FloatField()
-    tracking_uid = peewee.CharField(max_length=64, null=True, index=True)  # for tracking, later
+    tracking_uid = peewee.CharField(max_length=64, null=True, index=True)  # its LesionTrack's
 
     class Meta:
         table_name = "followup_lesion"

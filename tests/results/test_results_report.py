@@ -82,6 +82,17 @@ def test_show_lives_in_followup_cli(
     three_visits()
     assert run_cli(["followup", "show", "RPT1", "--json"], config_of(tmp_path)) == 0
     assert len(json.loads(capsys.readouterr().out)["studies"]) == 3
+    # runs recorded before tracking existed are tracked on first use
+    followup.record_run(header("OLD1", "1.2.1", "20240101"), PROVENANCE, VISITS[0][1])
+    assert (
+        run_cli(
+            ["followup", "export", "--format", "json", "--patient", "OLD1"], config_of(tmp_path)
+        )
+        == 0
+    )
+    (summary,) = json.loads(capsys.readouterr().out)
+    assert [t["label"] for t in summary["tracks"]] == ["Lesion A", "Lesion B", "Lesion C"]
+    assert summary["time_points"][0]["response"]["response"] == "baseline"
 
 
 def _colour_fraction(image: np.ndarray, hex_colour: str, tolerance: float = 0.08) -> float:
