@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := dcmtk orthanc dicom3tools systemd chromium libgl1 libglib2.0-0
+DEBIAN_PACKAGES := dcmtk orthanc dicom3tools systemd chromium postgresql libgl1 libglib2.0-0
 
 .PHONY: run test test-fast install debian-deps lint format bench stress clean
 
@@ -26,7 +26,7 @@ $(STAMP): setup.cfg pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,postgres]'
 	touch $(STAMP)
 
 debian-deps:
