@@ -254,10 +254,10 @@ class PduGuard:
 
 def _check_ae_titles(body: bytes) -> None:
     """Control characters in an AE title: refused before pynetdicom decodes (and logs) them."""
-    for name, field in (("called", body[4:20]), ("calling", body[20:36])):
-        if any(byte < 0x20 or byte > 0x7E or byte == 0x5C for byte in field):
+    for name, title in (("called", body[4:20]), ("calling", body[20:36])):
+        if any(byte < 0x20 or byte > 0x7E or byte == 0x5C for byte in title):
             shown = "".join(
-                chr(b) if 0x20 <= b <= 0x7E and b != 0x5C else f"\\x{b:02x}" for b in field
+                chr(b) if 0x20 <= b <= 0x7E and b != 0x5C else f"\\x{b:02x}" for b in title
             ).strip()
             raise LimitExceeded(f"{name} AE title '{shown}' is not a valid AE title")
 
