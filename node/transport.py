@@ -48,6 +48,7 @@ from pynetdicom.transport import (
 )
 from pynetdicom.utils import make_target
 
+from common.durable import make_dirs_durably
 from config.schema import NodeConfig
 from node import tls
 from node.limits import (
@@ -267,13 +268,20 @@ def admit(assoc: Association) -> bool:
     return assoc.table.admit(assoc.connection)
 
 
-def stream_received_datasets() -> None:
+def stream_received_datasets(spool_dir: Path | None = None) -> None:
     """C-STORE data sets go to a temporary file as they arrive, not to memory (process-wide).
 
-    pynetdicom writes them to a :class:`SpoolFile` in the system's temporary directory
-    (``TMPDIR``) and removes it after the C-STORE handler; :mod:`storage.ingest`
-    copies it into the store.
+    pynetdicom writes them to a :class:`SpoolFile` in ``spool_dir`` (the node passes
+    ``data_dir/spool``, owner-only: the data are PHI and stay beside the store; the
+    system's temporary directory when None) and removes it after the C-STORE
+    handler; :mod:`storage.ingest` copies it into the store.  Files left by a
+    crash are removed when the node starts.
     """
+    if spool_dir is not None:
+        make_dirs_durably(spool_dir)
+        for stale in spool_dir.iterdir():
+            stale.unlink(missing_ok=True)
+        SpoolFile.directory = str(spool_dir)
     _config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = SpoolFile  # type: ignore[assignment,misc]
 
@@ -286,7 +294,12 @@ class SpoolFile:
     the C-STORE handler answers 0xA700 with the reason (:class:`DatasetNotKept`).
     """
 
+    #: where spool files go (``data_dir/spool``, set by :func:`stream_received_datasets`)
+    directory: str | None = None
+
     def __init__(self, **kwargs: Any) -> None:
+        if SpoolFile.directory is not None:
+            kwargs["dir"] = SpoolFile.directory
         self.error: OSError | None = None
         self._file: Any = None
         self.name = os.path.join(tempfile.gettempdir(), "ai-node-unwritable.dcm")
@@ -388,7 +401,7 @@ def listen(
 ) -> tuple[NodeAssociationServer, NodeAssociationServer | None]:
     """Start the SCP's listeners: ``port`` (TLS-only when ``tls.enabled`` without ``tls.port``)
     and, with ``tls.port``, a second, TLS listener.  Raises ConfigError (TLS files) or OSError."""
-    stream_received_datasets()
+    stream_received_datasets(config.data_dir / "spool")
     connections = ConnectionTable(Limits.from_config(config))
     timeout = config.network.network_timeout
     context = tls.server_context(config.tls) if config.tls.enabled else None
