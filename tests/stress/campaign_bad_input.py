@@ -237,7 +237,7 @@ class BadInput:
         done = subprocess.run(
             [
                 tool,
-                "-v",
+                "-d",
                 "-aet",
                 "STORESCU",
                 "-aec",
@@ -315,6 +315,8 @@ class BadInput:
             and "[worker " not in ln  # earlier kinds' jobs failing
         ]
         saying = [ln for ln in warn_lines if SAYS_WHY.search(ln)] or warn_lines
+        if result.get("status") is None:  # refused at association level: its own line only
+            saying = [ln for ln in warn_lines if "association" in ln or "context" in ln]
         assoc_lines = [ln for ln in new_log.splitlines() if "association" in ln]
         status = result.get("status")
         outcome = result["outcome"]
