@@ -47,6 +47,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix -q $(CODE)
 	$(BIN)/ruff format -q $(CODE)
 
+# the stress campaigns of docs/reliability.md (kill -9 rounds, outage, bad input, resources,
+# disk full: about 10 minutes, root for the tmpfs); the fast part runs in `make test`
+stress: $(STAMP) debian-deps
+	mkdir -p runs/stress
+	$(BIN)/python tests/stress/__main__.py --out runs/stress/full.json
+
 bench: $(STAMP) debian-deps
 	$(BIN)/python bench/receive.py
 	$(BIN)/python bench/inference.py

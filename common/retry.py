@@ -11,6 +11,7 @@ gets its traceback once, at its first occurrence.
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass, field
 
@@ -66,3 +67,18 @@ def root_cause(exc: BaseException) -> BaseException:
             return exc
         seen.add(id(inner))
         exc = inner
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when the chain of ``exc`` holds a full disk: ENOSPC/EDQUOT, or SQLite's
+    "database or disk is full"."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "database or disk is full" in str(current) or "No space left on device" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False

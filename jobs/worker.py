@@ -22,6 +22,7 @@ running stays ``running`` and is re-queued when the node starts again.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -36,7 +37,7 @@ import peewee
 
 from common.durable import restrict_umask
 from common.logs import configure_logging
-from common.retry import Backoff
+from common.retry import Backoff, is_disk_full, root_cause
 from config.errors import ConfigError, NodeError, NoDestinationError
 from config.loader import load_config
 from config.schema import NodeConfig
@@ -83,6 +84,12 @@ def load_task(name: str) -> Task:
 
 def run_job(context: JobContext, task_name: str) -> bool:
     """Run one claimed job to its end state; True when it succeeded."""
+    ok, _waiting = _run_job(context, task_name)
+    return ok
+
+
+def _run_job(context: JobContext, task_name: str) -> tuple[bool, bool]:
+    """``(succeeded, waiting)``: waiting when a full disk sent the job back to the queue."""
     LOGGER.info(
         "job %d: series %s, %d instance(s): running %s",
         context.job_id,
@@ -97,16 +104,22 @@ def run_job(context: JobContext, task_name: str) -> bool:
         state = jobs.SUCCEEDED
     except NoDestinationError as exc:
         state, reason = jobs.NO_DESTINATION, str(exc)
-    except NodeError as exc:
-        reason = str(exc) or type(exc).__name__
     except WorkerShutdown:
         with connected():
             jobs.requeue_own(context.job_id)
         LOGGER.info("job %d: re-queued (worker stopping)", context.job_id)
         raise
     except Exception as exc:
-        LOGGER.exception("job %d: internal error", context.job_id)
-        reason = f"internal error: {exc!r}"
+        if is_disk_full(exc):  # not the job's fault: it waits in the queue, not counted
+            why = f"waiting: disk full ({root_cause(exc)}); re-queued, not counted"
+            LOGGER.error("job %d: %s", context.job_id, why)
+            _record_requeue(context.job_id, why)
+            return False, True
+        if isinstance(exc, NodeError):
+            reason = str(exc) or type(exc).__name__
+        else:
+            LOGGER.exception("job %d: internal error", context.job_id)
+            reason = f"internal error: {exc!r}"
     current = _record_outcome(context.job_id, state, reason)
     elapsed = time.monotonic() - started
     if not current:
@@ -116,7 +129,19 @@ def run_job(context: JobContext, task_name: str) -> bool:
     else:
         tail = f": {reason}" if reason else ""
         LOGGER.info("job %d: %s in %.1f s%s", context.job_id, state, elapsed, tail)
-    return state == jobs.SUCCEEDED and current
+    return state == jobs.SUCCEEDED and current, False
+
+
+def _record_requeue(job_id: int, reason: str) -> None:
+    """Put the job back in the queue with its reason, waiting while the database refuses."""
+    backoff = Backoff(f"re-queueing job {job_id}", LOGGER, initial=1.0, maximum=30.0)
+    while True:
+        try:
+            with connected():
+                jobs.requeue_own(job_id, reason)
+            return
+        except (peewee.PeeweeException, OSError) as exc:
+            time.sleep(backoff.failed(exc))
 
 
 def _record_outcome(job_id: int, state: str, reason: str | None) -> bool:
@@ -150,8 +175,10 @@ def run_worker(config: NodeConfig, stop: threading.Event, max_jobs: int | None =
         if context is None:
             stop.wait(config.worker.poll_interval_seconds)
             continue
-        run_job(context, config.worker.task)
+        _ok, waiting = _run_job(context, config.worker.task)
         done += 1
+        if waiting:  # a full disk: give it time before claiming again
+            stop.wait(backoff.failed(OSError(errno.ENOSPC, "a job found the disk full")))
     return done
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import peewee
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -35,6 +36,8 @@ from storage.models import (
 from storage.store import validate_uid
 
 LOGGER = logging.getLogger(__name__)
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
 
 RECORDED = "recorded"
 DUPLICATE = "duplicate"
@@ -65,7 +68,8 @@ class InstanceHeader:
         """Parse a DICOM file (preamble + file meta + dataset); raises UnreadableDatasetError
         or InvalidUIDError (a StorageError too)."""
         try:
-            ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+            ds = pydicom.dcmread(BytesIO(data), defer_size=DEFER_SIZE)
+            _check_lengths(ds, len(data))
             return cls._from_dataset(ds)
         except StorageError:
             raise
@@ -81,7 +85,8 @@ class InstanceHeader:
             raise UnreadableDatasetError(f"{path}: {exc.strerror}") from exc
         with handle:
             try:
-                ds = pydicom.dcmread(handle, stop_before_pixels=True, defer_size=DEFER_SIZE)
+                ds = pydicom.dcmread(handle, defer_size=DEFER_SIZE)
+                _check_lengths(ds, path.stat().st_size)
                 return cls._from_dataset(ds)
             except StorageError:
                 raise
@@ -135,6 +140,25 @@ def encoding_mismatch(head: bytes, transfer_syntax_uid: str) -> str:
         f"the data set is encoded in {found} VR but its transfer syntax "
         f"{transfer_syntax_uid} (the negotiated one) says {said} VR"
     )
+
+
+def _check_lengths(ds: Dataset, size: int) -> None:
+    """Every top-level element, Pixel Data included, must end within the file.
+
+    pydicom reads a value shorter than its declared length without complaint (and
+    does not read deferred values at all), so a truncated or lying element would be
+    stored and fail only later, in the job.  Values over ``DEFER_SIZE`` are skipped
+    by seeking, never read: the check costs no copy of the pixel data.
+    """
+    for element in ds._dict.values():
+        if not isinstance(element, RawDataElement) or element.length == UNDEFINED_LENGTH:
+            continue
+        end = element.value_tell + element.length
+        if end > size:
+            raise UnreadableDatasetError(
+                f"element {element.tag} declares {element.length} bytes, but the data set "
+                f"ends {end - size} bytes before its end (truncated or corrupt)"
+            )
 
 
 def _uid(ds: Dataset, keyword: str) -> str:

@@ -236,6 +236,7 @@ def claim_next(config: NodeConfig, worker_pid: int | None = None) -> JobContext 
             worker_pid=pid,
             stage=None,
             stage_started_at=None,
+            reason=None,
         )
         paths = instance_paths(job.series_id, config.data_dir)
         work_dir = config.data_dir / JOBS_DIR / str(job.id)
@@ -294,10 +295,17 @@ def enqueue_results(
         )
 
 
-def requeue_own(job_id: int) -> bool:
-    """The worker is stopping: its running job goes back to the queue, the claim not counted."""
+def requeue_own(job_id: int, reason: str | None = None) -> bool:
+    """The worker is stopping, or found the disk full: its running job goes back to the
+    queue with ``reason`` (what it waits for), the claim not counted."""
     return transition(
-        job_id, QUEUED, attempts=Job.attempts - 1, worker_pid=None, started_at=None, stage=None
+        job_id,
+        QUEUED,
+        attempts=Job.attempts - 1,
+        worker_pid=None,
+        started_at=None,
+        stage=None,
+        reason=reason,
     )
 
 

@@ -157,3 +157,61 @@ def test_database_deleted_at_run_time_is_rebuilt_without_sending_twice(
 
 def _run_one_job(node) -> None:
     assert run_worker(node.config, threading.Event(), max_jobs=1) == 1
+
+
+FILLING_TASK = """
+import os
+from pathlib import Path
+from jobs.summary import summarize_series
+
+def fill_then_summarize(context):
+    marker = Path(os.environ["NODE_TEST_FILL_MARKER"])
+    if not marker.exists():  # the first run finds the disk full mid-job
+        marker.touch()
+        filler = context.config.data_dir.parent / "filler"
+        with open(filler, "wb") as handle:
+            try:
+                while True:
+                    handle.write(b"\\0" * 65536)
+                    handle.flush()
+            except OSError:
+                pass
+    summarize_series(context)
+"""
+
+
+def test_full_disk_during_a_job_puts_it_back_in_the_queue(
+    node_factory, tools, tmp_path, small_disk, monkeypatch, caplog
+) -> None:
+    """Not the job's fault: it is put back in the queue (once the database can record it),
+    is not counted, and runs to success once space is back; one log line, no traceback."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "filling_task.py").write_text(FILLING_TASK)
+    monkeypatch.syspath_prepend(str(tasks))
+    monkeypatch.setenv("NODE_TEST_FILL_MARKER", str(tmp_path / "filled"))
+    node = node_factory(
+        data_dir=str(small_disk / "data"),
+        receive={"min_free_disk_mb": 0},
+        worker={"task": "filling_task:fill_then_summarize"},
+    )
+    paths = tools.series_dir(tmp_path / "in", n_slices=3)
+    assert tools.pynetdicom_send(paths, node.port) == [0, 0, 0]
+    series_uid = tools.uid_of(paths[0])
+    tools.wait_for(lambda: tools.jobs_of(series_uid))
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="jobs.worker"):
+        worker = threading.Thread(target=run_worker, args=(node.config, stop), daemon=True)
+        worker.start()
+        tools.wait_for(lambda: (tmp_path / "filled").exists(), timeout=30)
+        time.sleep(3)  # the database is on the full disk too: nothing can be written
+        waiting = [r for r in caplog.records if "waiting: disk full" in r.getMessage()]
+        retrying = [r for r in caplog.records if "re-queueing job" in r.getMessage()]
+        assert len(waiting) == 1 and len(retrying) <= 1  # one line per condition
+        assert not any(r.exc_info for r in caplog.records)
+        (small_disk / "filler").unlink()
+        tools.wait_for(lambda: tools.jobs_of(series_uid)[0].state == "succeeded", timeout=90)
+        (job,) = tools.jobs_of(series_uid)
+        assert (job.worker_deaths, job.attempts) == (0, 1)  # the disk's fault, not the job's
+        stop.set()
+        worker.join(10)
