@@ -150,6 +150,8 @@ def _check_lengths(ds: Dataset, size: int) -> None:
     stored and fail only later, in the job.  Values over ``DEFER_SIZE`` are skipped
     by seeking, never read: the check costs no copy of the pixel data.
     """
+    if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return  # offsets are in the inflated stream; a cut deflate stream does not inflate
     for element in ds._dict.values():
         if not isinstance(element, RawDataElement) or element.length == UNDEFINED_LENGTH:
             continue

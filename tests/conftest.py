@@ -21,10 +21,34 @@ SLOW_MODULES = {
     "test_results_report.py",  # headless Chromium
     "test_node_faults.py",  # full disks and database rebuilds
     "test_stress_fast.py",  # the fast stress campaigns
+    "test_node_cli.py",  # every test runs the console script in a fresh interpreter
+    "test_node_limits.py",  # slowloris sockets, bursts, hostile payloads against deadlines
+    "test_node_tls.py",  # certificates and dcmtk over TLS
+    "test_node_metrics.py",  # ai-node serve and its worker as processes
+    "test_node_service.py",  # systemd-analyze
+    "test_inference_synthetic.py",  # whole synthetic heads
+    "test_results_validation.py",  # dciodvfy on every output kind, orientation and case
+}
+
+#: single tests that take more than a few seconds in otherwise quick modules
+SLOW_TESTS = {
+    "test_worker_crash_does_not_stop_the_receiver",
+    "test_a_study_of_five_sequences_yields_exactly_one_job",
+    "test_restart_resumes_timers_and_drops_nothing",
+    "test_node_imports_neither_torch_nor_inference_at_import_time",
+    "test_stopping_the_node_requeues_the_running_job",
+    "test_io_error_gets_out_of_resources_and_leaves_no_partial_file",
+    "test_no_lesion_sr_says_lesion_absent",
+    "test_send_to_dcmtk_storescp",
+    "test_late_instance_reopens_and_its_job_supersedes",
+    "test_min_peak_probability_drops_unsure_components",
+    "test_running_jobs_are_requeued_at_start_up_without_counting",
+    "test_device_uid_is_made_once_per_installation",
+    "test_aborted_association_waits_for_the_idle_timer",
 }
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.name in SLOW_MODULES:
+        if item.path.name in SLOW_MODULES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
