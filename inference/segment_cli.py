@@ -24,10 +24,10 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 
+from common.dicom import read_header
 from common.durable import restrict_umask
-from config.errors import NodeError
+from config.errors import InferenceError, NodeError
 from config.schema import NodeConfig
 from inference.outputs import OutputOptions, write_outputs
 from inference.pipeline import Segmenter
@@ -69,10 +69,8 @@ def find_series(folder: Path) -> dict[str, list[Path]]:
     groups: dict[str, list[Path]] = defaultdict(list)
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
-            ds = pydicom.dcmread(
-                path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Rows"]
-            )
-        except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError):
+            ds = read_header(path, InferenceError, specific_tags=["SeriesInstanceUID", "Rows"])
+        except InferenceError:
             LOGGER.debug("skipping %s: not DICOM", path)
             continue
         if "SeriesInstanceUID" in ds and "Rows" in ds:

@@ -33,9 +33,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import peewee
-import pydicom
-from pydicom.errors import InvalidDicomError
 
+from common.dicom import read_header
 from config.errors import StorageError
 from storage import followup, outbox, rano, tracking
 from storage.jobs import JOBS_DIR, Job
@@ -77,8 +76,8 @@ def _patient_studies(data_dir: Path, patient_id: str) -> set[str]:
         if first is None:
             continue
         try:
-            header = pydicom.dcmread(data_dir / first.path, stop_before_pixels=True)
-        except (OSError, InvalidDicomError):
+            header = read_header(data_dir / first.path, StorageError, "stored instance")
+        except StorageError:
             continue
         if str(header.get("PatientID", "")) == patient_id:
             uids.add(series.study_instance_uid)

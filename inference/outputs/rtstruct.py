@@ -32,13 +32,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 from rt_utils import ds_helper, image_helper
 from rt_utils.utils import ROIData
 
+from common.dicom import read_header
 from config.errors import InferenceError
 from inference.outputs.contours import plane_polygons
 from inference.outputs.provenance import (
@@ -118,10 +118,7 @@ def write_rtstruct(
 
 
 def _first_header(volume: Volume) -> Dataset:
-    try:
-        return pydicom.dcmread(volume.slices[0].path, stop_before_pixels=True)
-    except (OSError, pydicom.errors.InvalidDicomError) as exc:
-        raise InferenceError(f"source {volume.slices[0].path} cannot be read: {exc}") from exc
+    return read_header(volume.slices[0].path, InferenceError, "source")
 
 
 def _slice_headers(volume: Volume, source: Dataset) -> list[Dataset]:
