@@ -191,7 +191,10 @@ def _complete(series: ReceivedSeries, how: str, rules: CompletionRules, now: flo
             len(instances) if len(instances) > 1 else max(1, instances[0].number_of_frames or 1)
         )
         refusal = gating.evaluate(rules.gating, rules.data_dir / instances[0].path, slices)
-        job = jobs.create(series, now, skipped_reason=None if refusal is None else str(refusal))
+        if refusal is None:
+            job = jobs.create(series, now)
+        else:
+            job = jobs.create(series, now, jobs.SKIPPED, reason=str(refusal))
         outcome = f"job {job.id} queued" if refusal is None else f"job {job.id} skipped: {refusal}"
     return (
         f"series {series.series_instance_uid} complete ({how}): {series.instance_count} "

@@ -130,43 +130,35 @@ def transition(job_id: int, to: str, **fields: Any) -> bool:
     return moved == 1
 
 
-def create(series: ReceivedSeries, now: float, skipped_reason: str | None = None) -> Job:
-    """Inside the completion's transaction: a new job for ``series``, earlier ones superseded.
+#: the states a job may be created in
+INITIAL_STATES = (QUEUED, SKIPPED, SUCCEEDED)
 
-    ``skipped_reason`` creates it ``skipped`` (an input rule refused the series).
+
+def create(
+    series: ReceivedSeries, now: float, state: str = QUEUED, reason: str | None = None
+) -> Job:
+    """Inside the caller's transaction: a new job for ``series``; earlier ones point to it.
+
+    ``queued`` by default; ``skipped`` when an input rule refused the series (``reason``
+    names the rule); ``succeeded`` for a series restored as delivered after the database
+    was rebuilt (:func:`storage.reconcile.restore_delivered`).
     """
-    state = QUEUED if skipped_reason is None else SKIPPED
+    if state not in INITIAL_STATES:
+        raise StorageError(f"a job is not created {state!r}")
     job: Job = Job.create(
         series=series.id,
         series_instance_uid=series.series_instance_uid,
         study_instance_uid=series.study_instance_uid,
         calling_ae_title=series.calling_ae_title,
         state=state,
-        reason=skipped_reason,
+        reason=reason,
         instance_count=series.instance_count,
         created_at=now,
-        finished_at=now if skipped_reason is not None else None,
+        finished_at=None if state == QUEUED else now,
     )
     Job.update(superseded_by=job.id).where(
         (Job.series == series.id) & (Job.id != job.id) & Job.superseded_by.is_null()
     ).execute()
-    return job
-
-
-def create_restored(series: ReceivedSeries, now: float, reason: str) -> Job:
-    """A ``succeeded`` job for a series whose results were delivered before the database
-    was rebuilt (:func:`storage.reconcile.restore_delivered`)."""
-    job: Job = Job.create(
-        series=series.id,
-        series_instance_uid=series.series_instance_uid,
-        study_instance_uid=series.study_instance_uid,
-        calling_ae_title=series.calling_ae_title,
-        state=SUCCEEDED,
-        reason=reason,
-        instance_count=series.instance_count,
-        created_at=now,
-        finished_at=now,
-    )
     return job
 
 

@@ -149,9 +149,10 @@ def restore_delivered(store: InstanceStore) -> int:
             ReceivedSeries.update(
                 state=SERIES_COMPLETE, completed_at=now, completed_by="restored"
             ).where(ReceivedSeries.id == series.id).execute()
-            jobs.create_restored(
+            jobs.create(
                 series,
                 now,
+                jobs.SUCCEEDED,
                 f"results delivered before the database was rebuilt (job {marker.get('job_id')})",
             )
             restored += 1
