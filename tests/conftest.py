@@ -50,5 +50,7 @@ SLOW_TESTS = {
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.name in SLOW_MODULES or item.originalname in SLOW_TESTS:
+        if item.path.name in SLOW_MODULES or (
+            isinstance(item, pytest.Function) and item.originalname in SLOW_TESTS
+        ):
             item.add_marker(pytest.mark.slow)

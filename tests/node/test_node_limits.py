@@ -19,8 +19,14 @@ from pathlib import Path
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 from pynetdicom import AE, _config
+from pynetdicom.association import Association
 
 from config.errors import DeliveryError
 from config.loader import load_config
@@ -28,7 +34,7 @@ from node import statuses
 from node.scu import send_file
 from storage.outbox import Target
 
-MR = "1.2.840.10008.5.1.4.1.1.4"
+MR = UID("1.2.840.10008.5.1.4.1.1.4")
 VERIFICATION = "1.2.840.10008.1.1"
 GIB = 1024**3
 
@@ -163,9 +169,9 @@ def test_a_burst_up_to_the_limit_is_admitted_exactly(node_factory) -> None:
     (transient, local limit); then, those released, a burst of 10 is admitted whole."""
     node = node_factory(network={"maximum_associations": 10})
 
-    def burst(count: int) -> list[object]:
+    def burst(count: int) -> list[Association]:
         barrier = threading.Barrier(count)
-        results: list[object] = [None] * count
+        results: list[Association | None] = [None] * count
 
         def one(index: int) -> None:
             ae = AE(ae_title=f"BURST{index}")
@@ -178,15 +184,18 @@ def test_a_burst_up_to_the_limit_is_admitted_exactly(node_factory) -> None:
             thread.start()
         for thread in threads:
             thread.join(60)
-        return results
+        associations = [a for a in results if a is not None]
+        assert len(associations) == count
+        return associations
 
     first = burst(15)
     established = [a for a in first if a.is_established]
     rejected = [a for a in first if a.is_rejected]
     assert len(established) == 10
     assert len(rejected) == 5
-    assert all(a.acceptor.primitive.result == 0x02 for a in rejected)  # transient
-    assert all(a.acceptor.primitive.diagnostic == 0x02 for a in rejected)  # local limit
+    answers = [a.acceptor.primitive for a in rejected]
+    assert all(p is not None and p.result == 0x02 for p in answers)  # transient
+    assert all(p is not None and p.diagnostic == 0x02 for p in answers)  # local limit
     for assoc in established:
         assoc.release()
     second = burst(10)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import resource
 import struct
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 
 from config.errors import InvalidUIDError
@@ -95,10 +95,10 @@ def test_hostile_sop_instance_uid_gets_a_failure(node_factory, tools, tmp_path) 
 def _raw_file(tmp_path: Path, body: bytes, sop_class: str = MR, sop_uid: str = "1.2.3.4") -> Path:
     """A file with valid file meta and the given dataset bytes (sent without decoding)."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.UID(sop_uid)
     meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    buffer = BytesIO()
+    buffer = DicomBytesIO()
     buffer.write(b"\0" * 128 + b"DICM")
     write_file_meta_info(buffer, meta, enforce_standard=True)
     path = tmp_path / f"raw_{sop_uid}.dcm"
@@ -155,7 +155,8 @@ def test_dataset_that_contradicts_the_request_is_refused(
     node = node_factory()
     (path,) = tools.series_dir(tmp_path / "in", n_slices=1)
     ds = pydicom.dcmread(path)
-    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.999"  # the request will say this
+    # the request will say this
+    ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.UID("1.2.3.999")
     ds.save_as(tmp_path / "liar.dcm")
     assert _send_files(node.port, [tmp_path / "liar.dcm"]) == [statuses.DATA_SET_DOES_NOT_MATCH]
     assert _files(node.config.data_dir) == []

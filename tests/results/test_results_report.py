@@ -202,8 +202,8 @@ def test_purge_patient_leaves_nothing_behind(
 ) -> None:
     data_dir = tmp_path / "db"
     cases = {}
-    for name, patient in (("gone1", "PURGE1"), ("gone2", "PURGE1"), ("kept", "KEEP1")):
-        paths, result = build_case(tmp_path / name, patient_id=patient, study_date="20250101")
+    for name, patient_id in (("gone1", "PURGE1"), ("gone2", "PURGE1"), ("kept", "KEEP1")):
+        paths, result = build_case(tmp_path / name, patient_id=patient_id, study_date="20250101")
         _received(data_dir, paths)
         source = pydicom.dcmread(paths[0], stop_before_pixels=True)
         followup.record_run(source, PROVENANCE, result.lesions)

@@ -13,13 +13,14 @@ import socket
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import peewee
 import pydicom
 import pytest
@@ -137,11 +138,20 @@ def lesion(centre: tuple[float, float, float], diameter: float, slices: int = 4)
     )
 
 
+def point(matrix: np.ndarray, xyz: npt.ArrayLike) -> tuple[float, float, float]:
+    """One LPS point (mm) mapped by the 4x4 ``matrix``."""
+    x, y, z = (float(v) for v in apply(matrix, np.asarray(xyz, float))[0])
+    return x, y, z
+
+
+def grid(xyz: Sequence[float]) -> tuple[int, int, int]:
+    """A point rounded to whole millimetres (a dictionary key)."""
+    x, y, z = (round(float(v)) for v in xyz)
+    return x, y, z
+
+
 def moved(matrix: np.ndarray, lesions: list[MeasuredLesion]) -> list[MeasuredLesion]:
-    return [
-        replace(m, centroid_lps_mm=tuple(float(v) for v in apply(matrix, m.centroid_lps_mm)[0]))  # type: ignore[arg-type]
-        for m in lesions
-    ]
+    return [replace(m, centroid_lps_mm=point(matrix, m.centroid_lps_mm)) for m in lesions]
 
 
 def rigid(degrees: float, shift: tuple[float, float, float]) -> np.ndarray:
@@ -160,12 +170,12 @@ def record(
 
 def labels_by_centre(run: followup.SegmentationRun) -> dict[tuple[int, int, int], str]:
     uids = {t.tracking_uid: t.label for t in tracking.LesionTrack.select()}
-    return {
-        tuple(
-            round(float(v)) for v in (row.centroid_x_mm, row.centroid_y_mm, row.centroid_z_mm)
-        ): uids[row.tracking_uid]  # type: ignore[misc]
-        for row in followup.Lesion.select().where(followup.Lesion.run == run)
-    }
+    labels: dict[tuple[int, int, int], str] = {}
+    for row in followup.Lesion.select().where(followup.Lesion.run == run):
+        assert row.tracking_uid is not None
+        centre = grid((row.centroid_x_mm, row.centroid_y_mm, row.centroid_z_mm))
+        labels[centre] = uids[row.tracking_uid]
+    return labels
 
 
 def statuses(patient: followup.Patient) -> dict[str, list[str | None]]:
@@ -203,7 +213,7 @@ def test_tracks_follow_lesions_through_head_motion(node_db: peewee.Database) -> 
     # without the registration the moved lesions are strangers: 3 + 3 tracks
     tracking.retrack_patient(patient)
     assert len(statuses(patient)) == 6
-    new_one = labels_by_centre(second)[tuple(round(v) for v in apply(motion, (-5, -40, 20))[0])]  # type: ignore[index]
+    new_one = labels_by_centre(second)[grid(point(motion, (-5, -40, 20)))]
     assert new_one == "Lesion F"
 
     tracking.store_registration(second, first, np.linalg.inv(motion), "rigid", 0.95)
@@ -218,8 +228,8 @@ def test_tracks_follow_lesions_through_head_motion(node_db: peewee.Database) -> 
         "Lesion F": [None, "new"],
     }
     before, after = labels_by_centre(first), labels_by_centre(second)
-    moved_a = tuple(round(v) for v in apply(motion, (10, 20, 30))[0])
-    assert before[(10, 20, 30)] == after[moved_a] == "Lesion A"  # type: ignore[index]
+    moved_a = grid(point(motion, (10, 20, 30)))
+    assert before[(10, 20, 30)] == after[moved_a] == "Lesion A"
     assert before[(40, -20, 0)] == "Lesion B" and before[(-30, 5, 10)] == "Lesion C"
     labels = tracking.run_labels(second)
     assert {label for _, label in labels.values()} == {"Lesion A", "Lesion B", "Lesion F"}
@@ -388,26 +398,26 @@ def sqlite_db(tmp_path: Path) -> Iterator[peewee.Database]:
 def test_glue_registers_then_tracks(tmp_path: Path, sqlite_db: peewee.Database) -> None:
     array, affine = template()
     motion = rigid(8.0, (10.0, 4.0, -6.0))
-    centre = tuple(float(v) for v in apply(affine, np.array(array.shape) / 2)[0])
-    first = record("P6", "1.4.1", "20250101", [lesion(centre, 9)], frame=generate_uid())  # type: ignore[arg-type]
+    centre = point(affine, np.array(array.shape) / 2)
+    first = record("P6", "1.4.1", "20250101", [lesion(centre, 9)], frame=generate_uid())
     second = record(
         "P6", "1.4.2", "20250301", moved(motion, [lesion(centre, 9)]), frame=generate_uid()
-    )  # type: ignore[arg-type]
-    cache_ = {
+    )
+    cache_: dict[str, Volume | None] = {
         "1.4.1.1": volume(array, affine, "1.4.1.1"),
         "1.4.2.1": volume(moved_template(motion), affine, "1.4.2.1"),
     }
-    stored = register_runs(second, first, cache_, tmp_path)  # type: ignore[arg-type]
+    stored = register_runs(second, first, cache_, tmp_path)
     assert stored.method == "rigid" and stored.quality is not None and stored.quality > 0.9
     assert np.abs(stored.transform - np.linalg.inv(motion)).max() < 1.5
     patient = followup.Patient.get(followup.Patient.patient_id == "P6")
     tracking.retrack_patient(patient)
     assert statuses(patient) == {"Lesion A": ["new", "present"]}
     # same Frame of Reference and no motion: the identity, said so
-    third = record("P6", "1.4.3", "20250601", [lesion(centre, 9)], frame="1.2.3")  # type: ignore[arg-type]
-    fourth = record("P6", "1.4.4", "20250901", [lesion(centre, 9)], frame="1.2.3")  # type: ignore[arg-type]
+    third = record("P6", "1.4.3", "20250601", [lesion(centre, 9)], frame="1.2.3")
+    fourth = record("P6", "1.4.4", "20250901", [lesion(centre, 9)], frame="1.2.3")
     cache_ |= {"1.4.3.1": cache_["1.4.1.1"], "1.4.4.1": volume(array.copy(), affine, "1.4.4.1")}
-    same = register_runs(fourth, third, cache_, tmp_path)  # type: ignore[arg-type]
+    same = register_runs(fourth, third, cache_, tmp_path)
     assert same.method == "identity" and np.array_equal(same.transform, np.eye(4))
     missing = register_runs(third, second, {}, tmp_path)  # images gone: flagged
     assert missing.method == "unregistered" and "no longer stored" in missing.note
