@@ -17,11 +17,10 @@ import logging
 import re
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
-from common.durable import PART_SUFFIX, make_dirs_durably, write_durably
+from common.durable import PART_SUFFIX, link_durably, make_dirs_durably, write_durably
 from config.errors import InvalidUIDError, StorageError
 
 LOGGER = logging.getLogger(__name__)
@@ -86,11 +85,15 @@ class InstanceStore:
 
     def write(self, relative: Path, data: bytes | Path) -> Path:
         """Write ``data`` durably at ``data_dir / relative`` (replacing any file there);
-        ``data`` may be a file (a streamed C-STORE data set), copied in 1 MiB chunks."""
+        ``data`` may be a file (a streamed C-STORE data set, spooled in ``data_dir``), which
+        is hard-linked into place rather than copied (:func:`common.durable.link_durably`)."""
         final = self.data_dir / relative
         try:
             self._ensure_dir(final.parent)
-            write_durably(final, data if isinstance(data, bytes) else _copier(data))
+            if isinstance(data, bytes):
+                write_durably(final, data)
+            else:
+                link_durably(data, final)
         except OSError as exc:
             raise StorageError(f"cannot store {relative.name}: {exc.strerror or exc}") from exc
         return final
@@ -115,14 +118,6 @@ class InstanceStore:
                         entry.unlink(missing_ok=True)
                     elif entry.suffix == SUFFIX and entry.is_file():
                         yield entry.relative_to(self.data_dir)
-
-
-def _copier(source: Path) -> Callable[[BinaryIO], None]:
-    def copy(target: BinaryIO) -> None:
-        with source.open("rb") as handle:
-            shutil.copyfileobj(handle, target, 1024 * 1024)
-
-    return copy
 
 
 def _subdirs(directory: Path) -> Iterator[Path]:
