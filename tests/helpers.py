@@ -15,6 +15,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
+
 DCMTK_DIR = Path("/usr/bin")
 ORTHANC = Path("/usr/sbin/Orthanc")
 
@@ -59,3 +61,11 @@ def storescu(
     return subprocess.run(
         [*command, *map(str, inputs)], check=False, capture_output=True, text=True, timeout=timeout
     )
+
+
+def load_nifti(path: str | Path) -> nib.Nifti1Image:
+    """``nibabel.load`` typed as the NIfTI image our writers make (nibabel's stub says
+    FileBasedImage, which has no ``affine`` or ``dataobj``)."""
+    image = nib.load(str(path))
+    assert isinstance(image, nib.Nifti1Image), type(image)
+    return image

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -22,6 +21,7 @@ from inference.pipeline import CROP_PAD_VOXELS, Segmenter
 from inference.preprocess import model_affine_lps, preprocess
 from inference.types import Volume
 from inference.volume import load_series
+from tests.helpers import load_nifti
 
 ON = BrainMask(enabled=True)
 #: a whole head at 2 x 2 x 3 mm: quick to draw, still a realistic field of view
@@ -40,7 +40,7 @@ def head(
     """``(volume, true lesion labels, true brain)`` of one phantom, with skull or skull-stripped."""
     folder = tmp_path_factory.mktemp("head")
     truth = write_variant(folder, SPEC, skull=request.param)
-    brain = np.asarray(nib.load(str(folder / "brain_mask.nii.gz")).dataobj) > 0
+    brain = np.asarray(load_nifti(str(folder / "brain_mask.nii.gz")).dataobj) > 0
     return load_series(truth.dicom_paths), truth.labels, brain
 
 

@@ -10,13 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import yaml
 from scipy import ndimage
 
 from demo.synthetic.case import CaseSpec, write_case
 from demo.training.variants import brain_on_grid
+from tests.helpers import load_nifti
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,8 +51,8 @@ def match_truth(case: Path, out: Path) -> tuple[list[dict], set[int]]:
     found = json.loads((out / "lesions.json").read_text())
     assert "NOT FOR DIAGNOSTIC USE" in found["model"]["disclaimer"]
     assert len(found["model"]["weights_sha256"]) == 64
-    labels = np.asarray(nib.load(str(out / "mask.nii.gz")).dataobj)
-    true_labels = np.asarray(nib.load(str(case / "truth_mask.nii.gz")).dataobj)
+    labels = np.asarray(load_nifti(str(out / "mask.nii.gz")).dataobj)
+    true_labels = np.asarray(load_nifti(str(case / "truth_mask.nii.gz")).dataobj)
     matched = set()
     for lesion in truth["lesions"]:
         centre = np.array(lesion["centre_lps_mm"])
@@ -113,5 +113,5 @@ def test_readme_first_case_with_the_brain_mask(tmp_path: Path) -> None:
     spacing = np.linalg.norm(truth.affine_lps[:3, :3], axis=0)
     # the 5 mm margin around deepbet's mask, plus 3 mm for where deepbet and the truth differ
     grown = ndimage.distance_transform_edt(~brain, sampling=spacing) <= 8.0
-    labels = np.asarray(nib.load(str(tmp_path / "out" / "mask.nii.gz")).dataobj)
+    labels = np.asarray(load_nifti(str(tmp_path / "out" / "mask.nii.gz")).dataobj)
     assert labels.any() and not (labels[~grown] > 0).any()

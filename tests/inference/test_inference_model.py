@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -98,7 +99,7 @@ def test_every_hyperparameter_reaches_the_network() -> None:
         res_block=False,
         dropout_rate=0.1,
     ).unetr
-    net = build_unetr(config)
+    net: Any = build_unetr(config)  # nn.Module's attributes are dynamic
     assert (
         net.vit.patch_embedding.patch_embeddings[1].in_features == 2 * 16**3
     )  # perceptron, 2 channels

@@ -7,8 +7,8 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -27,6 +27,7 @@ from inference.pipeline import Segmenter, choose_device, cpu_supports_bf16
 from inference.preprocess import RAS_LABELS, model_affine_lps, preprocess
 from inference.segment_cli import run
 from inference.volume import load_series
+from tests.helpers import load_nifti
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,11 +57,13 @@ def test_monai_space_metadata_pitfall_is_avoided() -> None:
     """Since MONAI 1.5.1 an LPS-tagged tensor reorients with other labels; ours pass labels explicitly."""
     affine_ras = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64))
     data = torch.arange(8.0).reshape(1, 2, 2, 2)
-    explicit = mt.Orientation("RAS", labels=RAS_LABELS)(
+    explicit: Any = mt.Orientation("RAS", labels=RAS_LABELS)(
         MetaTensor(data, affine=affine_ras, meta={"space": "LPS"})
     )
     assert torch.equal(explicit.as_tensor(), data)  # already RAS: unchanged whatever "space" says
-    implicit = mt.Orientation("RAS")(MetaTensor(data, affine=affine_ras, meta={"space": "LPS"}))
+    implicit: Any = mt.Orientation("RAS")(
+        MetaTensor(data, affine=affine_ras, meta={"space": "LPS"})
+    )
     assert not torch.equal(implicit.as_tensor(), data)  # the default would flip it
 
 
@@ -110,7 +113,7 @@ def test_segment_command_writes_nifti_and_lesions_json(
         update={"model": threshold_model}
     )
     assert run(config, tmp_path / "in", tmp_path / "out") == 0
-    mask = nib.load(str(tmp_path / "out" / "mask.nii.gz"))
+    mask = load_nifti(str(tmp_path / "out" / "mask.nii.gz"))
     assert np.allclose(mask.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine, atol=1e-4)
     document = json.loads((tmp_path / "out" / "lesions.json").read_text())
     assert (

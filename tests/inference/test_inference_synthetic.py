@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from demo.synthetic.case import CaseSpec, write_case
 from demo.synthetic.metastases import random_metastasis
 from inference.volume import load_series
+from tests.helpers import load_nifti
 
 
 @pytest.mark.parametrize("orientation,reverse", [("sagittal", True), ("oblique", False)])
@@ -30,7 +30,7 @@ def test_case_files_agree_with_each_other(tmp_path: Path, orientation: str, reve
     truth = write_case(tmp_path, spec)
     volume = load_series(truth.dicom_paths)
     assert np.allclose(volume.affine_lps, truth.affine_lps, atol=1e-4)
-    mask = nib.load(str(tmp_path / "truth_mask.nii.gz"))
+    mask = load_nifti(str(tmp_path / "truth_mask.nii.gz"))
     assert np.allclose(mask.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ truth.affine_lps, atol=1e-4)
     labels = np.asarray(mask.dataobj)
     document = json.loads((tmp_path / "truth.json").read_text())
