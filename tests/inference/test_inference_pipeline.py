@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,7 @@ def test_segment_command_writes_nifti_and_lesions_json(
 
 
 def test_min_peak_probability_drops_unsure_components(
-    tmp_path: Path, threshold_model: Model
+    tmp_path: Path, threshold_model: Model, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The test network's lesion probability peaks at sigmoid(4) = 0.982 inside the blob."""
     paths, _ = blob_series(tmp_path, "oblique", tuple(CENTRE))
@@ -148,7 +149,10 @@ def test_min_peak_probability_drops_unsure_components(
         )
 
     assert lesions_with(0.95, "argmax") == 1
-    assert lesions_with(0.99, "argmax") == 0
+    with caplog.at_level(logging.INFO, logger="inference.lesions"):
+        assert lesions_with(0.99, "argmax") == 0
+    # the log states the threshold in the configuration's units, not the logit margin
+    assert "peak lesion probability is under 0.99" in caplog.text
     assert lesions_with(0.95, "threshold", 0.3) == 1
     assert lesions_with(0.99, "threshold", 0.3) == 0
 
