@@ -39,16 +39,10 @@ def write_durably(final: Path, data: bytes | Callable[[BinaryIO], None]) -> Path
                 data(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, final)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    try:
-        fsync_directory(final.parent)
-    except OSError:
-        final.unlink(missing_ok=True)  # not acknowledged, so not kept half-durable
-        raise
-    return final
+    return _publish(Path(temporary), final)
 
 
 def link_durably(source: Path, final: Path) -> Path:
@@ -74,6 +68,11 @@ def link_durably(source: Path, final: Path) -> Path:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
         return write_durably(final, source.read_bytes())
+    return _publish(temporary, final)
+
+
+def _publish(temporary: Path, final: Path) -> Path:
+    """Rename a durable temporary file into place and make the new name durable."""
     try:
         os.replace(temporary, final)
     except BaseException:
