@@ -17,6 +17,15 @@ from pathlib import Path
 
 import nibabel as nib
 
+#: a UNETR small enough to run a whole job in seconds on a CPU (random weights)
+TINY_UNETR = {
+    "img_size": [32, 32, 32],
+    "feature_size": 4,
+    "hidden_size": 48,
+    "mlp_dim": 96,
+    "num_heads": 4,
+}
+
 DCMTK_DIR = Path("/usr/bin")
 ORTHANC = Path("/usr/sbin/Orthanc")
 

@@ -13,6 +13,7 @@ from monai.networks.nets import UNETR
 from config.errors import ModelLoadError
 from config.schema import Model
 from inference.model import build_unetr, detect_format, load_model
+from tests.helpers import TINY_UNETR
 
 FULL_SIZE = {
     "img_size": [32, 32, 32],
@@ -114,14 +115,7 @@ def test_every_hyperparameter_reaches_the_network() -> None:
 
 
 def _small(**unetr: object) -> dict:
-    return {
-        "img_size": [32, 32, 32],
-        "feature_size": 4,
-        "hidden_size": 48,
-        "mlp_dim": 96,
-        "num_heads": 4,
-        **unetr,
-    }
+    return {**TINY_UNETR, **unetr}
 
 
 def test_strict_loading_names_missing_and_unexpected_keys(tmp_path: Path) -> None:

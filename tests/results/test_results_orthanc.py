@@ -27,7 +27,7 @@ import torch
 
 from config.schema import NodeConfig
 from inference.model import build_unetr
-from tests.helpers import dcmtk, free_port
+from tests.helpers import TINY_UNETR, dcmtk, free_port
 from tests.results.conftest import build_case, dice, rasterise_roi
 from tests.results.harness import ORTHANC, NodeProcess, Orthanc, storescu
 
@@ -39,13 +39,6 @@ pytestmark = [
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_WEIGHTS = REPO / "models" / "demo_unetr" / "weights.pt"
-TINY_UNETR = {
-    "img_size": [32, 32, 32],
-    "feature_size": 4,
-    "hidden_size": 48,
-    "mlp_dim": 96,
-    "num_heads": 4,
-}
 
 
 def node_settings(

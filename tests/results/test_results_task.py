@@ -20,16 +20,9 @@ from node.delivery import DeliveryService
 from storage import followup, jobs, outbox
 from storage.jobs import Job, JobContext
 from storage.models import ReceivedSeries
+from tests.helpers import TINY_UNETR
 from tests.results.conftest import build_case
 from tests.results.test_results_delivery import RecordingSCP
-
-TINY_UNETR = {
-    "img_size": [32, 32, 32],
-    "feature_size": 4,
-    "hidden_size": 48,
-    "mlp_dim": 96,
-    "num_heads": 4,
-}
 
 
 def _config(tmp_path: Path, destinations: list[dict[str, object]]) -> NodeConfig:

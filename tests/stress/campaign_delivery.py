@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import TINY_UNETR
 from tests.stress.campaign_kill import check_store, series_uids, settled
 from tests.stress.harness import (
     DEST_AE,
@@ -48,13 +49,7 @@ def tiny_model(root: Path) -> dict[str, Any]:
         "name": "tiny random UNETR",
         "version": "0.0.1",
         "weights": str(root / "tiny.pt"),
-        "unetr": {
-            "img_size": [32, 32, 32],
-            "feature_size": 4,
-            "hidden_size": 48,
-            "mlp_dim": 96,
-            "num_heads": 4,
-        },
+        "unetr": TINY_UNETR,
         "preprocessing": {"spacing": [2.0, 2.0, 2.0]},
         "sliding_window": {"roi_size": [32, 32, 32], "sw_batch_size": 1},
         "postprocessing": {"min_lesion_mm3": 0},
