@@ -197,12 +197,30 @@ def _segment(args: argparse.Namespace, config: NodeConfig) -> int:
     return int(run(config, args.dicom_dir, args.output, progress=sys.stderr.isatty()))
 
 
+def _add_web(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "web", parents=[common], help="read-only web page of the follow-up record"
+    )
+    parser.add_argument("--bind", default="127.0.0.1", help="address (default: 127.0.0.1)")
+    # dest web_port: --port of serve overrides the configured DICOM port, this one must not
+    parser.add_argument("--port", dest="web_port", type=int, default=8080, help="default: 8080")
+    parser.add_argument("--token", help="required bearer token (default: $AINODE_WEB_TOKEN)")
+    parser.set_defaults(handler=_web)
+
+
+def _web(args: argparse.Namespace, config: NodeConfig) -> int:
+    from node.web import run  # lazily: only this command serves HTTP
+
+    return run(config, args.bind, args.web_port, args.token)
+
+
 #: each adds one subcommand: (subparsers, common parent parser) -> None
 COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _add_serve,
     _add_status,
     _add_echo,
     _add_segment,
+    _add_web,  # node/web.py
     *FOLLOWUP_COMMANDS,  # followup show|export|report|plot|baseline, purge (node/followup_cli.py)
     *RESULTS_COMMANDS,  # retry, rerun, followup show (node/results_cli.py)
 ]

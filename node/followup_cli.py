@@ -126,15 +126,19 @@ def followup_show(args: argparse.Namespace, config: NodeConfig) -> int:
     return 0
 
 
-def patient_summary(patient_id: str) -> dict[str, Any] | None:
-    """Patient, time points (registration, RANO-BM response) and tracks; None if unknown."""
+def patient_summary(patient_id: str, retrack: bool = True) -> dict[str, Any] | None:
+    """Patient, time points (registration, RANO-BM response) and tracks; None if unknown.
+
+    ``retrack=False`` (``ai-node web``) never writes: an untracked patient has no tracks."""
     from storage import rano, tracking
     from storage.followup import Patient
 
     patient = Patient.get_or_none(Patient.patient_id == patient_id)
     if patient is None:
         return None
-    if not tracking.LesionTrack.select().where(tracking.LesionTrack.patient == patient).exists():
+    if retrack and not (
+        tracking.LesionTrack.select().where(tracking.LesionTrack.patient == patient).exists()
+    ):
         tracking.retrack_patient(patient)  # runs recorded before tracking existed
         rano.assess_patient(patient)
     summary = tracking.patient_tracks(patient)
