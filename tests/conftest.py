@@ -19,6 +19,7 @@ SLOW_MODULES = {
     "test_results_task.py",  # the segmentation task, end to end
     "test_results_tracking.py",  # registrations, PostgreSQL
     "test_results_report.py",  # headless Chromium
+    "test_results_web.py",  # ai-node web and headless Chromium
     "test_node_faults.py",  # full disks and database rebuilds
     "test_stress_fast.py",  # the fast stress campaigns
     "test_node_cli.py",  # every test runs the console script in a fresh interpreter
