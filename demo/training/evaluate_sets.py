@@ -221,7 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--generate-only", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--table", type=Path, default=None, help="print a Markdown table of a results file and stop"
+    )
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.table.read_text())["summary"]))
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     cases = plan(args.n, args.n_free)
@@ -279,6 +285,33 @@ def write(out: Path | None, results: list[dict], model: Model, config: Model) ->
         }
         out.write_text(json.dumps(document, indent=1, default=str))
     return summary
+
+
+def table(summary: dict) -> str:
+    """The summary as a Markdown table: one row per set and mode."""
+
+    def cell(value: Any) -> str:
+        return "—" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    lines = [
+        "| set | brain mask | series (gated) | sens. ≥ 5 mm | sens. < 5 mm | FP/series (inside brain) "
+        "| lesion Dice ≥ 5 mm | diameter error, mm | volume error | s/series (brain mask) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, modes in summary.items():
+        for mode, s in modes.items():
+            lines.append(
+                f"| {name} | {mode} | {s['series']} ({s['gated']}) "
+                f"| {cell(s['sensitivity_ge_5mm'])} ({s['lesions_ge_5mm']}) "
+                f"| {cell(s['sensitivity_lt_5mm'])} ({s['lesions_lt_5mm']}) "
+                f"| {cell(s['false_positives_per_series'])} "
+                f"({cell(s['false_positives_inside_brain_per_series'])}) "
+                f"| {cell(s['mean_lesion_dice_ge_5mm'])} "
+                f"| {cell(s['mean_abs_diameter_error_mm_ge_5mm'])} "
+                f"| {cell(s['mean_abs_volume_error_ge_5mm'])} "
+                f"| {cell(s['median_seconds'])} ({cell(s['median_brain_mask_seconds'])}) |"
+            )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
