@@ -122,6 +122,8 @@ class Lesion(BaseModel):
     centroid_y_mm = peewee.FloatField()
     centroid_z_mm = peewee.FloatField()
     tracking_uid = peewee.CharField(max_length=64, null=True, index=True)  # its LesionTrack's
+    #: the model's confidence: the highest lesion probability inside the lesion (None: unknown)
+    peak_probability = peewee.FloatField(null=True)
 
     class Meta:
         table_name = "followup_lesion"
@@ -138,6 +140,9 @@ class Lesion(BaseModel):
             ),
             "longest_3d_diameter_mm": round(float(self.longest_3d_diameter_mm), 2),
             "slice_range": [self.first_slice, self.last_slice],
+            "peak_probability": (
+                None if self.peak_probability is None else round(float(self.peak_probability), 4)
+            ),
             "centroid_lps_mm": [
                 round(float(v), 2)
                 for v in (self.centroid_x_mm, self.centroid_y_mm, self.centroid_z_mm)
@@ -238,6 +243,7 @@ def _lesion_row(run: SegmentationRun, rank: int, lesion: MeasuredLesion) -> Lesi
         centroid_x_mm=x,
         centroid_y_mm=y,
         centroid_z_mm=z,
+        peak_probability=lesion.peak_probability,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 from dataclasses import replace
@@ -29,6 +30,11 @@ def test_record_and_report(
         accession_number="ACC9",
     )
     source = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    # the pipeline gives each lesion its confidence; the record keeps it beside the measurements
+    result.lesions = [
+        dataclasses.replace(lesion, peak_probability=0.9 + 0.01 * n)
+        for n, lesion in enumerate(result.lesions)
+    ]
     run = followup.record_run(source, PROVENANCE, result.lesions, job_id=4, timings={"load": 0.5})
     report = followup.patient_report("PAT1")
     assert report is not None
@@ -57,6 +63,7 @@ def test_record_and_report(
     assert first["volume_mm3"] == pytest.approx(biggest.volume_mm3, abs=0.01)
     assert first["centroid_lps_mm"] == pytest.approx(list(biggest.centroid_lps_mm), abs=0.01)
     assert first["slice_range"] == [biggest.first_slice, biggest.last_slice]
+    assert first["peak_probability"] == pytest.approx(biggest.peak_probability)
     out = io.StringIO()
     print_report(report, out)
     assert "Lesion 1" in out.getvalue() and "PAT1" in out.getvalue()
@@ -96,3 +103,29 @@ def test_two_studies_in_date_order(tmp_path: Path, node_db: peewee.Database) -> 
     report = followup.patient_report("PAT3")
     assert report is not None
     assert [s["study_date"] for s in report["studies"]] == ["20251201", "20260301"]
+
+
+def test_an_upgrade_adds_new_columns_and_keeps_the_rows(tmp_path: Path) -> None:
+    """A site's database from before a field existed gets the column at start-up, rows intact."""
+    from storage.db import init_database
+
+    path = tmp_path / "db" / "node.sqlite"
+    db = init_database(path)
+    paths, result = build_case(tmp_path / "s", patient_id="OLD1")
+    source = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    with db.connection_context():
+        followup.record_run(source, PROVENANCE, result.lesions)
+        db.execute_sql("ALTER TABLE followup_lesion DROP COLUMN peak_probability")  # an old site
+    db.close()
+    db = init_database(path)
+    with db.connection_context():
+        columns = {c.name for c in db.get_columns("followup_lesion")}
+        assert "peak_probability" in columns
+        assert followup.Lesion.select().count() == len(result.lesions)
+        report = followup.patient_report("OLD1")
+    assert report is not None
+    assert all(
+        lesion["peak_probability"] is None
+        for lesion in report["studies"][0]["series"][0]["runs"][0]["lesions"]
+    )
+    db.close()
