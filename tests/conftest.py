@@ -46,6 +46,16 @@ SLOW_TESTS = {
     "test_running_jobs_are_requeued_at_start_up_without_counting",
     "test_device_uid_is_made_once_per_installation",
     "test_aborted_association_waits_for_the_idle_timer",
+    "test_sr_says_not_for_diagnostic_use_and_gives_confidence",
+    "test_failure_status_backs_off_then_dies_then_retry_delivers",
+    "test_no_lesion_gives_an_explicit_result",
+    "test_plane_polygons_give_back_any_plane",
+    "test_concurrent_associations",
+    "test_idle_timer_completes_a_series_without_a_count",
+    "test_every_output_is_written_whatever_the_source_character_set",
+    "test_job_superseded_while_running_stays_superseded",
+    "test_count_completes_on_release_across_associations",
+    "test_failure_statuses_raise",
 }
 
 
