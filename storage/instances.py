@@ -281,7 +281,20 @@ def record_duplicate(header: InstanceHeader, now: float) -> RecordOutcome | None
             return RecordOutcome(CONFLICT, series.id, detail=detail)
         if series.state == SERIES_RECEIVING:  # the sender is still at work
             ReceivedSeries.update(idle_since=now).where(ReceivedSeries.id == series.id).execute()
+        elif _last_job_failed(series.id):  # sent again after its job failed: run it again
+            ReceivedSeries.update(
+                state=SERIES_RECEIVING, idle_since=now, completed_at=None, completed_by=None
+            ).where(ReceivedSeries.id == series.id).execute()
+            LOGGER.info(
+                "series %s sent again after its job failed: it completes and runs again",
+                series.series_instance_uid,
+            )
         return RecordOutcome(DUPLICATE, series.id)
+
+
+def _last_job_failed(series_id: int) -> bool:
+    latest = jobs.latest_job(series_id)
+    return latest is not None and latest.state == jobs.FAILED
 
 
 def _count_in_series(

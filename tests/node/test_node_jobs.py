@@ -193,3 +193,32 @@ def test_everything_the_node_writes_is_owner_only(node_factory, tools, tmp_path)
         if p.stat().st_mode & 0o077
     }
     assert loose == {}
+
+
+def test_a_series_sent_again_after_its_job_failed_runs_again(
+    node_factory, tools, tmp_path, test_tasks
+) -> None:
+    """Re-sending the same instances (all duplicates) gives a failed series a new job."""
+    node = node_factory(worker={"task": f"{test_tasks}:refuse"})
+    paths = tools.series_dir(tmp_path / "in", n_slices=3)
+    assert tools.pynetdicom_send(paths, node.port) == [0, 0, 0]
+    series_uid = tools.uid_of(paths[0])
+    tools.wait_for(lambda: tools.jobs_of(series_uid))
+    _run_one(node.config)
+    assert [j.state for j in tools.jobs_of(series_uid)] == ["failed"]
+    assert tools.pynetdicom_send(paths, node.port) == [0, 0, 0]  # duplicates, stored once
+    tools.wait_for(lambda: len(tools.jobs_of(series_uid)) == 2)
+    first, second = tools.jobs_of(series_uid)
+    assert (first.state, first.superseded_by_id, second.state) == ("failed", second.id, "queued")
+    assert tools.series_state(series_uid).instance_count == 3
+    # a series whose job succeeded is not run again by a resend
+    (tmp_path / "other").mkdir()
+    node2 = node_factory(tmp_path / "other")
+    done = tools.series_dir(tmp_path / "in2", n_slices=3)
+    assert tools.pynetdicom_send(done, node2.port) == [0, 0, 0]
+    done_uid = tools.uid_of(done[0])
+    tools.wait_for(lambda: tools.jobs_of(done_uid))
+    _run_one(node2.config)
+    assert tools.pynetdicom_send(done, node2.port) == [0, 0, 0]
+    time.sleep(1)
+    assert [j.state for j in tools.jobs_of(done_uid)] == ["succeeded"]
