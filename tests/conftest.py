@@ -56,6 +56,8 @@ SLOW_TESTS = {
     "test_job_superseded_while_running_stays_superseded",
     "test_count_completes_on_release_across_associations",
     "test_failure_statuses_raise",
+    "test_rerun_queues_a_new_job_for_the_series",
+    "test_a_series_sent_again_after_its_job_failed_runs_again",
 }
 
 

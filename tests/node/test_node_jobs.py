@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import textwrap
 import threading
 import time
@@ -222,3 +223,24 @@ def test_a_series_sent_again_after_its_job_failed_runs_again(
     assert tools.pynetdicom_send(done, node2.port) == [0, 0, 0]
     time.sleep(1)
     assert [j.state for j in tools.jobs_of(done_uid)] == ["succeeded"]
+
+
+def test_rerun_queues_a_new_job_for_the_series(node_factory, tools, tmp_path, test_tasks) -> None:
+    node = node_factory(worker={"task": f"{test_tasks}:refuse"})
+    series_uid = _queued_series(node, tools, tmp_path)
+    _run_one(node.config)
+    (failed,) = tools.jobs_of(series_uid)
+    command = [tools.ai_node_script(), "rerun", "--config", str(node.config.source)]
+    result = subprocess.run(
+        [*command, "--job", str(failed.id)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "1 job(s) queued" in result.stdout, result.stderr
+    first, second = tools.jobs_of(series_uid)
+    assert (first.state, first.reason) == ("failed", failed.reason)  # history kept
+    assert (second.state, first.superseded_by_id) == ("queued", second.id)
+    again = subprocess.run(
+        [*command, "--series", series_uid], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0 and "0 job(s) queued" in again.stdout  # one is queued already
+    nothing = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert nothing.returncode == 2
