@@ -84,8 +84,11 @@ def case_geometry(
     return affine, shape  # type: ignore[return-value]
 
 
-def write_case(out_dir: Path, spec: CaseSpec, phantom: Phantom | None = None) -> CaseTruth:
-    """Draw a phantom (random from ``spec.seed`` unless given) and write the case."""
+def draw_case(
+    spec: CaseSpec, phantom: Phantom | None = None
+) -> tuple[Phantom, np.ndarray, tuple[int, int, int], np.ndarray, np.ndarray]:
+    """``(phantom, affine, shape, image, labels)`` of a case: the phantom is random from
+    ``spec.seed`` unless given, and the same seed drives the rendering."""
     rng = np.random.default_rng(spec.seed)
     if phantom is None:
         phantom = random_phantom(rng, spec.n_lesions, spec.diameter_range)
@@ -96,6 +99,12 @@ def write_case(out_dir: Path, spec: CaseSpec, phantom: Phantom | None = None) ->
     )
     affine, shape = case_geometry(spec, centre)
     image, labels = render(phantom, affine, shape, rng)
+    return phantom, affine, shape, image, labels
+
+
+def write_case(out_dir: Path, spec: CaseSpec, phantom: Phantom | None = None) -> CaseTruth:
+    """Draw a phantom (random from ``spec.seed`` unless given) and write the case."""
+    phantom, affine, shape, image, labels = draw_case(spec, phantom)
     out_dir = Path(out_dir)
     series = SeriesSpec(
         patient_id=spec.patient_id,

@@ -20,8 +20,8 @@ import nibabel as nib
 import numpy as np
 
 from demo.synthetic.anatomy import load_template
-from demo.synthetic.brain import Phantom, grid_points, random_phantom, render
-from demo.synthetic.case import LPS_TO_RAS, CaseSpec, CaseTruth, _lesion_truth, case_geometry
+from demo.synthetic.brain import Phantom, grid_points
+from demo.synthetic.case import LPS_TO_RAS, CaseSpec, CaseTruth, _lesion_truth, draw_case
 from demo.synthetic.dicom_series import SeriesSpec, write_series
 
 
@@ -40,16 +40,7 @@ def write_variant(
     out_dir: Path, spec: CaseSpec, skull: bool = True, phantom: Phantom | None = None
 ) -> CaseTruth:
     """Write the case of ``spec`` with skull and scalp, or skull-stripped; also ``brain_mask.nii.gz``."""
-    rng = np.random.default_rng(spec.seed)
-    if phantom is None:
-        phantom = random_phantom(rng, spec.n_lesions, spec.diameter_range)
-    centre = (
-        phantom.lesion_centres_lps().mean(0)
-        if spec.centre_on_lesions
-        else phantom.head_centre_lps()
-    )
-    affine, shape = case_geometry(spec, centre)
-    image, labels = render(phantom, affine, shape, rng)
+    phantom, affine, shape, image, labels = draw_case(spec, phantom)
     brain = brain_on_grid(phantom, affine, shape)
     if not skull:
         image = np.where(brain, image, 0.0).astype(np.float32)
