@@ -19,7 +19,7 @@ AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backs
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 
-OutputKind = Literal["rtstruct", "seg", "sr"]
+OutputKind = Literal["rtstruct", "seg", "sr", "report"]
 
 
 class _Section(BaseModel):

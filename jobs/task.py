@@ -10,7 +10,9 @@
 3. write the configured DICOM outputs (``outputs:``) durably into the job's
    work folder, each on its own: one that fails does not stop the others; each
    tracked lesion's RT-Struct ROI is named by its track ("Lesion A") and its SR
-   group carries the track's TrackingUID, the same in every study;
+   group carries the track's TrackingUID, the same in every study; the report
+   (``outputs: [report]``) is the patient's follow-up report, all their studies, as an
+   Encapsulated PDF in this study (:func:`storage.summary.patient_summary`);
 4. queue one delivery per written output and destination in the outbox, in
    one transaction with the check that the job is still running
    (:func:`storage.jobs.enqueue_results`): a job superseded meanwhile queues
@@ -46,6 +48,7 @@ from inference.pipeline import Segmenter
 from jobs.followup import record_and_track
 from storage import jobs, outbox
 from storage.jobs import JobContext
+from storage.summary import patient_summary
 
 LOGGER = logging.getLogger(__name__)
 
@@ -101,7 +104,12 @@ def segment_job(context: JobContext) -> str | None:
         config = context.config
         options = OutputOptions.from_config(config.dicom, data_dir=config.data_dir)
         written = write_outputs(
-            result, config.outputs, context.work_dir, options=options, tracks=tracks
+            result,
+            config.outputs,
+            context.work_dir,
+            options=options,
+            tracks=tracks,
+            summary=lambda: patient_summary(str(source.get("PatientID", "")), retrack=False),
         )
 
     note = "; ".join(f"{kind} not written: {why}" for kind, why in written.failed.items()) or None

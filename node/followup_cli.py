@@ -126,34 +126,6 @@ def followup_show(args: argparse.Namespace, config: NodeConfig) -> int:
     return 0
 
 
-def patient_summary(patient_id: str, retrack: bool = True) -> dict[str, Any] | None:
-    """Patient, time points (registration, RANO-BM response) and tracks; None if unknown.
-
-    ``retrack=False`` (``ai-node web``) never writes: an untracked patient has no tracks."""
-    from storage import rano, tracking
-    from storage.followup import Patient
-
-    patient = Patient.get_or_none(Patient.patient_id == patient_id)
-    if patient is None:
-        return None
-    if retrack and not (
-        tracking.LesionTrack.select().where(tracking.LesionTrack.patient == patient).exists()
-    ):
-        tracking.retrack_patient(patient)  # runs recorded before tracking existed
-        rano.assess_patient(patient)
-    summary = tracking.patient_tracks(patient)
-    responses = rano.patient_responses(patient)
-    for point in summary["time_points"]:
-        point["response"] = responses.get(point["run_id"])
-    summary["patient"] = {
-        "patient_id": patient.patient_id,
-        "patient_name": patient.patient_name,
-        "birth_date": patient.birth_date,
-        "sex": patient.sex,
-    }
-    return summary
-
-
 def _patients(patient_id: str | None) -> list[str]:
     from storage.followup import Patient
 
@@ -195,6 +167,8 @@ def csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def followup_export(args: argparse.Namespace, config: NodeConfig) -> int:
+    from storage.summary import patient_summary
+
     _open_database(config)
     summaries = [s for s in map(patient_summary, _patients(args.patient)) if s is not None]
     if args.patient and not summaries:
@@ -218,6 +192,8 @@ def followup_export(args: argparse.Namespace, config: NodeConfig) -> int:
 
 
 def _summary_or_fail(config: NodeConfig, patient_id: str) -> dict[str, Any] | None:
+    from storage.summary import patient_summary
+
     _open_database(config)
     summary = patient_summary(patient_id)
     if summary is None:

@@ -155,7 +155,7 @@ def patient_list() -> list[dict[str, Any]]:
 
 def patient_json(patient_id: str) -> dict[str, Any] | None:
     """patient_report's dict plus the report's time points and tracks; None if unknown."""
-    from node.followup_cli import patient_summary
+    from storage.summary import patient_summary
     from storage.followup import patient_report
 
     report = patient_report(patient_id)
@@ -167,7 +167,7 @@ def patient_json(patient_id: str) -> dict[str, Any] | None:
 
 def patient_page(patient_id: str) -> str | None:
     """The report page (node.report_html.render), or None if unknown."""
-    from node.followup_cli import patient_summary
+    from storage.summary import patient_summary
     from node.report_html import render
 
     summary = patient_summary(patient_id, retrack=False)
@@ -179,7 +179,7 @@ def patient_page(patient_id: str) -> str | None:
 
 def list_page(rows: list[dict[str, Any]], token_query: str = "") -> str:
     """The patient list as one self-contained page."""
-    from node.report_html import DISCLAIMER
+    from node.report_html import disclaimer
 
     def date(value: str | None) -> str:
         text = value or ""
@@ -207,7 +207,7 @@ def list_page(rows: list[dict[str, Any]], token_query: str = "") -> str:
             "<!DOCTYPE html><html><head><meta charset='utf-8'>",
             f"<title>AI node: patients</title><style>{LIST_CSS}</style></head><body>",
             f"<h1>Patients ({len(rows)})</h1>",
-            f"<div class='disclaimer'>{html.escape(DISCLAIMER)}</div>",
+            f"<div class='disclaimer'>{html.escape(disclaimer())}</div>",
             *body,
             "</body></html>",
         ]
@@ -326,9 +326,7 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in {**SECURITY_HEADERS, **(extra or {})}.items():
             self.send_header(name, value)
         self.end_headers()
-        if body:
-            self.wfile.write(payload)
-        LOGGER.info(
+        LOGGER.info(  # before the body: a client that has it may stop the server at once
             "web: %s %s %d %d bytes %.0f ms from %s",
             self.command,
             self._route,
@@ -337,6 +335,8 @@ class Handler(BaseHTTPRequestHandler):
             1000 * (time.monotonic() - self._started),
             self.client_address[0],
         )
+        if body:
+            self.wfile.write(payload)
 
 
 def route_of(path: str) -> str:

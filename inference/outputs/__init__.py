@@ -1,4 +1,5 @@
-"""DICOM results of a segmentation: RT-Struct (rt-utils), SEG and SR (highdicom).
+"""DICOM results of a segmentation: RT-Struct (rt-utils), SEG and SR (highdicom), and the
+patient's follow-up report as an Encapsulated PDF (matplotlib).
 
     from inference.outputs import OutputOptions, write_outputs
     options = OutputOptions.from_config(config.dicom, data_dir=config.data_dir)
@@ -13,7 +14,12 @@ offline ``ai-node segment`` has no data folder: ``OutputOptions.from_config(conf
 Each object is a new series in the source study, names the model that made it
 and says it is not for diagnostic use unless the model is validated (see
 :mod:`inference.outputs.provenance`).  Files are written durably (temporary
-file, fsync, rename) and named ``rtstruct.dcm``, ``seg.dcm`` and ``sr.dcm``.
+file, fsync, rename) and named ``rtstruct.dcm``, ``seg.dcm``, ``sr.dcm`` and ``report.dcm``.
+
+The report (:mod:`inference.outputs.report`) needs the patient's follow-up summary, which
+only the node's database has: ``summary`` is a function that returns it (the worker passes
+:func:`storage.summary.patient_summary` for the patient); without it, or when it fails,
+the report alone is not written.
 
 The SR references the SEG's segments, so asking for ``sr`` without ``seg``
 still builds the SEG in memory for the references but only the SR is written;
@@ -27,9 +33,12 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from config.errors import NodeError
+from common.dicom import read_header
+from config.errors import InferenceError, NodeError
 from inference.outputs.provenance import OutputOptions, read_source_headers, save_durably
+from inference.outputs.report import build_report
 from inference.outputs.rtstruct import write_rtstruct
 from inference.outputs.seg import build_seg
 from inference.outputs.sr import build_sr
@@ -39,8 +48,13 @@ LOGGER = logging.getLogger(__name__)
 
 __all__ = ["FILE_NAMES", "KINDS", "OutputOptions", "WrittenOutputs", "write_outputs"]
 
-KINDS = ("rtstruct", "seg", "sr")
-FILE_NAMES = {"rtstruct": "rtstruct.dcm", "seg": "seg.dcm", "sr": "sr.dcm"}
+KINDS = ("rtstruct", "seg", "sr", "report")
+FILE_NAMES = {
+    "rtstruct": "rtstruct.dcm",
+    "seg": "seg.dcm",
+    "sr": "sr.dcm",
+    "report": "report.dcm",
+}
 
 
 @dataclass
@@ -59,6 +73,7 @@ def write_outputs(
     *,
     options: OutputOptions | None = None,
     tracks: Mapping[int, tuple[str, str]] | None = None,
+    summary: Callable[[], dict[str, Any] | None] | None = None,
 ) -> WrittenOutputs:
     """Write the requested DICOM objects into ``out_dir``, each on its own.
 
@@ -66,7 +81,8 @@ def write_outputs(
     its reason is in ``failed`` and the caller decides.  Unknown kinds raise
     ``ValueError`` before anything is written.  ``tracks`` (ROI number ->
     (TrackingUID, label), from the follow-up's lesion tracks) names the RT-Struct
-    ROIs and the SR's tracking identifiers.
+    ROIs and the SR's tracking identifiers; ``summary`` gives the patient's follow-up
+    summary for the report.
     """
     kinds = list(kinds)
     unknown = set(kinds) - set(KINDS)
@@ -82,6 +98,8 @@ def write_outputs(
             "rtstruct",
             lambda: write_rtstruct(result, out_dir / FILE_NAMES["rtstruct"], options, tracks),
         )
+    if "report" in wanted:
+        _attempt(written, "report", lambda: _write_report(result, summary, out_dir, options))
     if "seg" not in wanted and "sr" not in wanted:
         return written
     try:
@@ -109,6 +127,22 @@ def write_outputs(
             ),
         )
     return written
+
+
+def _write_report(
+    result: SegmentationResult,
+    summary: Callable[[], dict[str, Any] | None] | None,
+    out_dir: Path,
+    options: OutputOptions,
+) -> Path:
+    found = summary() if summary is not None else None
+    if found is None:
+        raise InferenceError(
+            "no follow-up record of the patient: the report needs the node's database"
+        )
+    source = read_header(result.volume.slices[0].path, InferenceError, "source instance")
+    report = build_report(result, source, found, options)
+    return save_durably(report, out_dir / FILE_NAMES["report"])
 
 
 def _attempt(written: WrittenOutputs, kind: str, write: Callable[[], Path]) -> None:

@@ -127,6 +127,39 @@ def test_routing_round_trip(tmp_path: Path) -> None:
             assert study["study_instance_uid"] == study_uid
 
 
+def test_follow_up_report_reaches_orthanc_as_an_encapsulated_pdf(tmp_path: Path) -> None:
+    """``outputs: [rtstruct, report]``: the patient's report lands in the study as a PDF."""
+    node_port = free_port()
+    paths, result = build_case(tmp_path / "case", patient_id="PDF1")
+    study_uid = result.volume.study_instance_uid
+    with Orthanc(tmp_path / "orthanc", "AINODE", node_port) as orthanc:
+        settings = node_settings(
+            tmp_path / "node", orthanc.dicom_port, tiny_model(tmp_path), ["rtstruct", "report"]
+        )
+        settings["port"] = node_port
+        with NodeProcess(tmp_path / "node", settings) as node:
+            storescu(paths, "ORTHANC", orthanc.dicom_port)
+            try:
+                found = orthanc.wait_for_modalities(
+                    study_uid, {"MR", "RTSTRUCT", "DOC"}, timeout=180
+                )
+            except TimeoutError:
+                print(node.log()[-4000:])
+                raise
+            (instance,) = found["DOC"]["Instances"]
+            sop_class = orthanc.get(f"/instances/{instance}/metadata/SopClassUid")
+            assert sop_class == b"1.2.840.10008.5.1.4.1.1.104.1"  # Encapsulated PDF Storage
+            tags = orthanc.get(f"/instances/{instance}/simplified-tags")
+            assert tags["MIMETypeOfEncapsulatedDocument"] == "application/pdf"
+            assert tags["PatientID"] == "PDF1"
+            assert "NOT FOR DIAGNOSTIC USE" in tags["SeriesDescription"]
+            pdf = orthanc.get(f"/instances/{instance}/pdf")  # Orthanc unwraps the document
+            assert bytes(pdf).startswith(b"%PDF")
+            status = _status(node)
+            assert {d["state"] for d in status["deliveries"]} == {"sent"}
+            assert sorted(d["kind"] for d in status["deliveries"]) == ["report", "rtstruct"]
+
+
 @pytest.mark.skipif(not DEMO_WEIGHTS.exists(), reason="demo weights not committed yet")
 def test_demo_model_contours_land_on_the_lesions(tmp_path: Path) -> None:
     from demo.synthetic.case import CaseSpec, write_case

@@ -18,8 +18,8 @@ import pytest
 from matplotlib.image import imread
 
 from config.schema import NodeConfig
+from inference.outputs.followup_report import PD_COLOUR, SUM_COLOUR
 from node.cli import build_parser
-from node.report_html import PD_COLOUR, SUM_COLOUR
 from storage import followup, jobs, outbox, rano, tracking
 from storage.models import ReceivedInstance, ReceivedSeries
 from tests.results.conftest import PROVENANCE, build_case

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from node.report_html import SUM_COLOUR
+from inference.outputs.followup_report import SUM_COLOUR
 from storage import followup
 from storage.db import init_database
 from tests.helpers import free_port
