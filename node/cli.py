@@ -205,13 +205,15 @@ def _add_web(sub: Any, common: argparse.ArgumentParser) -> None:
     # dest web_port: --port of serve overrides the configured DICOM port, this one must not
     parser.add_argument("--port", dest="web_port", type=int, default=8080, help="default: 8080")
     parser.add_argument("--token", help="required bearer token (default: $AINODE_WEB_TOKEN)")
+    parser.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="and this private key (PEM, owner-only)")
     parser.set_defaults(handler=_web)
 
 
 def _web(args: argparse.Namespace, config: NodeConfig) -> int:
     from node.web import run  # lazily: only this command serves HTTP
 
-    return run(config, args.bind, args.web_port, args.token)
+    return run(config, args.bind, args.web_port, args.token, args.tls_cert, args.tls_key)
 
 
 #: each adds one subcommand: (subparsers, common parent parser) -> None

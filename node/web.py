@@ -15,8 +15,10 @@ Every response is PHI: ``Cache-Control: no-store``, a ``Content-Security-Policy`
 that allows nothing but inline styles and ``data:`` images (what the
 self-contained report needs), no referrer.  The server binds to loopback by
 default; bound to any other address it refuses to start without a token
-(``--token`` or ``$AINODE_WEB_TOKEN``).  With a token every request must carry
-``Authorization: Bearer <token>`` or ``?token=<token>`` (401 otherwise).  One
+(``--token`` or ``$AINODE_WEB_TOKEN``) or TLS (``--tls-cert`` and ``--tls-key``:
+HTTPS, the key owner-only, at least ``tls.minimum_version``; a token is still
+advised, since TLS alone authenticates nobody).  With a token every request must
+carry ``Authorization: Bearer <token>`` or ``?token=<token>`` (401 otherwise).  One
 log line per request at INFO names the route, never the patient.
 
 The server does not write: patients recorded before tracking existed are shown
@@ -34,23 +36,29 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from config.schema import NodeConfig
+from config.errors import ConfigError
+from config.schema import NodeConfig, Tls
+from node.tls import server_context
 
 LOGGER = logging.getLogger(__name__)
 
 #: the environment variable holding the token (below --token)
 TOKEN_ENVIRONMENT = "AINODE_WEB_TOKEN"
 ALLOWED_METHODS = "GET, HEAD"
+#: seconds a client has to finish the TLS handshake
+HANDSHAKE_TIMEOUT = 10.0
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -100,13 +108,34 @@ def resolve_token(given: str | None, environ: dict[str, str] | None = None) -> s
     return token or None
 
 
-def check_bind(bind: str, token: str | None) -> None:
-    """Refuse (:class:`WebError`) a non-loopback address without a token, before binding."""
-    if token is None and not is_loopback(bind):
+def check_bind(bind: str, token: str | None, tls: bool = False) -> None:
+    """Refuse (:class:`WebError`) a non-loopback address with neither a token nor TLS,
+    before binding."""
+    if token is None and not tls and not is_loopback(bind):
         raise WebError(
             f"refusing to serve patient data on {bind}, which is not a loopback address, "
-            f"without a token: give --token or ${TOKEN_ENVIRONMENT} (or bind 127.0.0.1)"
+            f"without a token or TLS: give --token or ${TOKEN_ENVIRONMENT}, and/or "
+            "--tls-cert and --tls-key (or bind 127.0.0.1)"
         )
+
+
+def tls_context(
+    certificate: Path | None,
+    private_key: Path | None,
+    minimum_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2",
+) -> ssl.SSLContext | None:
+    """The HTTPS context of ``--tls-cert``/``--tls-key`` (both or neither), else None.
+
+    Raises :class:`WebError` for one without the other, :class:`ConfigError` for a key
+    others can read or a pair that does not load (:func:`node.tls.server_context`)."""
+    if certificate is None and private_key is None:
+        return None
+    if certificate is None or private_key is None:
+        raise WebError("--tls-cert and --tls-key go together")
+    settings = Tls(
+        certificate=certificate, private_key=private_key, minimum_version=minimum_version
+    )
+    return server_context(settings)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -155,8 +184,8 @@ def patient_list() -> list[dict[str, Any]]:
 
 def patient_json(patient_id: str) -> dict[str, Any] | None:
     """patient_report's dict plus the report's time points and tracks; None if unknown."""
-    from storage.summary import patient_summary
     from storage.followup import patient_report
+    from storage.summary import patient_summary
 
     report = patient_report(patient_id)
     summary = patient_summary(patient_id, retrack=False)
@@ -167,8 +196,8 @@ def patient_json(patient_id: str) -> dict[str, Any] | None:
 
 def patient_page(patient_id: str) -> str | None:
     """The report page (node.report_html.render), or None if unknown."""
-    from storage.summary import patient_summary
     from node.report_html import render
+    from storage.summary import patient_summary
 
     summary = patient_summary(patient_id, retrack=False)
     if summary is None:
@@ -353,14 +382,39 @@ def _json(data: Any) -> bytes:
     return (json.dumps(data, indent=2) + "\n").encode("utf-8")
 
 
-def make_server(bind: str, port: int, token: str | None) -> ThreadingHTTPServer:
+class _Server(ThreadingHTTPServer):
+    """Plain HTTP, or HTTPS when ``tls`` is set: each connection's TLS handshake runs in
+    its own request thread (with a deadline), so a slow client never holds the accept loop."""
+
+    tls: ssl.SSLContext | None = None
+    daemon_threads = True
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            secure = self.tls.wrap_socket(request, server_side=True)
+        except OSError as exc:  # ssl.SSLError included
+            LOGGER.info("web: TLS handshake from %s failed: %s", client_address[0], exc)
+            return
+        try:
+            secure.settimeout(None)
+            super().finish_request(secure, client_address)
+        finally:
+            secure.close()
+
+
+def make_server(
+    bind: str, port: int, token: str | None, tls: ssl.SSLContext | None = None
+) -> ThreadingHTTPServer:
     """Bind (after :func:`check_bind`); the handler class carries the token."""
-    check_bind(bind, token)
+    check_bind(bind, token, tls is not None)
     handler = type("TokenHandler", (Handler,), {"token": token.encode("utf-8") if token else None})
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family})
+    server_class = type("Server", (_Server,), {"address_family": family, "tls": tls})
     server: ThreadingHTTPServer = server_class((bind, port), handler)
-    server.daemon_threads = True
     return server
 
 
@@ -372,30 +426,43 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
-def run(config: NodeConfig, bind: str, port: int, token: str | None) -> int:
+def run(
+    config: NodeConfig,
+    bind: str,
+    port: int,
+    token: str | None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> int:
     """The ``ai-node web`` command: 0 on a clean stop (SIGINT, SIGTERM), 2 when refused."""
     from storage.db import init_database
     from storage.models import open_thread_connection
 
     token = resolve_token(token)
     try:
-        check_bind(bind, token)
-    except WebError as exc:
+        tls = tls_context(tls_cert, tls_key, config.tls.minimum_version)
+        check_bind(bind, token, tls is not None)
+    except (WebError, ConfigError) as exc:
         print(f"ai-node web: {exc}", file=sys.stderr)
         return 2
+    if tls is not None and token is None and not is_loopback(bind):
+        LOGGER.warning(
+            "web: HTTPS on %s without a token: anyone who reaches it can read the record", bind
+        )
     init_database(config.database_path, config.database_url)
     open_thread_connection()  # held for the server's life: request threads come and go
     try:
-        server = make_server(bind, port, token)
+        server = make_server(bind, port, token, tls)
     except OSError as exc:
         print(f"ai-node web: cannot listen on {bind}:{port}: {exc.strerror}", file=sys.stderr)
         return 2
     host, real_port = str(server.server_address[0]), int(server.server_address[1])
     LOGGER.info(
-        "web: serving the follow-up record read-only on http://%s:%d/ (%s)",
+        "web: serving the follow-up record read-only on %s://%s:%d/ (%s)",
+        "https" if tls else "http",
         f"[{host}]" if ":" in host else host,
         real_port,
-        "token required" if token else "no token: loopback only",
+        "token required" if token else ("no token" if tls else "no token: loopback only"),
     )
     signal.signal(signal.SIGTERM, _stop)
     try:
