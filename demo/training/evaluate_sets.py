@@ -220,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-free", type=int, default=6, help="lesion-free series (c)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--generate-only", action="store_true")
+    parser.add_argument(
+        "--modes",
+        default="before,after",
+        help="which runs per series: before (no brain mask), after (with it); default both",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--table", type=Path, default=None, help="print a Markdown table of a results file and stop"
@@ -242,7 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     before_config = model.model_copy(
         update={"brain_mask": model.brain_mask.model_copy(update={"enabled": False})}
     )
-    modes = {"before": Segmenter(before_config), "after": Segmenter(after_config)}
+    configs = {"before": before_config, "after": after_config}
+    wanted = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    unknown = sorted(set(wanted) - set(configs))
+    if unknown or not wanted:
+        parser.error(f"--modes: choose from before, after (got {args.modes!r})")
+    modes = {mode: Segmenter(configs[mode]) for mode in wanted}
     results: list[dict] = []
     for set_name, name, spec, skull in cases:
         folder = args.cases / name
