@@ -189,6 +189,18 @@ class Delivery(_Section):
     poll_interval_seconds: float = Field(default=0.5, gt=0)
 
 
+class Retention(_Section):
+    """Received images are removed a number of days after their results were delivered.
+
+    ``days_after_delivery`` unset (the default): kept until ``ai-node purge``.  Outputs, job
+    and delivery rows and the follow-up record are kept either way (storage/purge.py).
+    """
+
+    days_after_delivery: float | None = Field(default=None, ge=0)
+    #: how often ``ai-node serve`` looks for series to purge
+    check_interval_seconds: float = Field(default=3600.0, gt=0)
+
+
 class UNETRParams(_Section):
     """Every constructor hyperparameter of ``monai.networks.nets.UNETR``."""
 
@@ -390,6 +402,7 @@ class NodeConfig(_Section):
     network: Network = Network()
     receive: Receive = Receive()
     delivery: Delivery = Delivery()
+    retention: Retention = Retention()
     model: Model = Model()
     outputs: tuple[OutputKind, ...] = ("rtstruct",)
     gating: Gating = Gating()

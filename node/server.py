@@ -9,6 +9,12 @@ Start-up order matters, so nothing received is dropped:
 5. listen (Storage SCP), start the completion detector, the workers and the
    delivery service.
 
+Housekeeping runs first in every round of the completion detector
+(:meth:`Node.housekeeping`): the database watch, then, every
+``retention.check_interval_seconds`` when ``retention.days_after_delivery`` is set, the
+purge of received images delivered that many days ago (:mod:`storage.purge`; one log
+line per series).  A failed purge is logged and tried again at the next interval.
+
 :class:`Node` is the same thing without signal handling, for tests and embedding.
 """
 
@@ -18,12 +24,13 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from pynetdicom.transport import ThreadedAssociationServer
 
 from common.durable import restrict_umask
-from config.errors import ConfigError
+from config.errors import ConfigError, StorageError
 from config.loader import log_effective
 from config.schema import NodeConfig
 from node.ae import accepted_sop_classes, build_ae
@@ -38,6 +45,7 @@ from storage.db import DatabaseFile, init_database
 from storage.ingest import Ingest
 from storage.jobs import requeue_after_restart
 from storage.models import close_thread_connection, open_thread_connection
+from storage.purge import delivered_series, purge_images
 from storage.reconcile import reconcile, restore_delivered
 from storage.store import InstanceStore
 
@@ -52,9 +60,13 @@ class Node:
     (``worker.processes`` > 0) and the delivery service (``deliver=True``).
     """
 
-    def __init__(self, config: NodeConfig, deliver: bool = True) -> None:
+    def __init__(
+        self, config: NodeConfig, deliver: bool = True, clock: Callable[[], float] = time.time
+    ) -> None:
         self.config = config
         self.deliver = deliver
+        self.clock = clock  # the retention's clock (tests move it days ahead)
+        self._next_retention = 0.0
         self.sessions = Sessions()
         self.server: ThreadedAssociationServer | None = None
         self.tls_server: ThreadedAssociationServer | None = None  # tls.port, when set
@@ -91,7 +103,7 @@ class Node:
             config.completion.idle_seconds,
             config.completion.check_interval_seconds,
             CompletionRules.from_config(config),
-            health=self.check_database,
+            health=self.housekeeping,
         )
         self.detector.start()
         if config.worker.processes:
@@ -107,6 +119,26 @@ class Node:
         if config.metrics.enabled:  # /metrics and /healthz (node/metrics.py)
             self.metrics = MetricsServer(config, self._listening)
             self.metrics.start()
+
+    def housekeeping(self) -> None:
+        """Each round of the completion detector: the database watch, then the retention."""
+        self.check_database()
+        self.apply_retention()
+
+    def apply_retention(self) -> list[str]:
+        """Purge the received images delivered ``retention.days_after_delivery`` days ago,
+        at most once per ``check_interval_seconds`` of :attr:`clock`; what was purged."""
+        retention = self.config.retention
+        now = self.clock()
+        if retention.days_after_delivery is None or now < self._next_retention:
+            return []
+        self._next_retention = now + retention.check_interval_seconds
+        try:
+            found = delivered_series(retention.days_after_delivery, now)
+            return purge_images(self.config.data_dir, found, now)
+        except StorageError as exc:
+            LOGGER.error("%s", exc)
+            return []
 
     def check_database(self) -> None:
         """Each round of the completion detector: when the SQLite file was deleted or replaced

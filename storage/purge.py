@@ -17,6 +17,21 @@ removal by a crash; a second run finishes a half-done purge):
    without any study is removed (with their tracks and baseline), otherwise
    the patient's tracks and responses are recomputed without the study.
 
+Retention (``retention.days_after_delivery``, run periodically by ``ai-node serve``):
+:func:`delivered_series` finds the complete series whose results were all delivered
+that many days ago, and :func:`purge_images` removes only their received images (the
+instance files, their rows, the delivered marker and the emptied folders), keeping
+the received series, jobs, outputs, deliveries and the follow-up record.  A series is
+delivered when its latest job succeeded and every outbox row of that job is ``sent``
+(the newest ``sent_at`` is the time), or when that job finished with nothing to send:
+``failed`` or ``skipped`` (its ``finished_at``, else its ``created_at``); a series of a
+class that is not segmented (no job) counts from its last instance.  Kept: a series
+still receiving, a job queued or running, a job ``no_destination`` (its results wait
+for a destination and ``ai-node rerun`` needs the images), and any delivery pending,
+retrying, dead or withdrawn.  Only the rows seen at selection and their files are
+removed, so an instance arriving meanwhile stays.  A later ``ai-node rerun`` of a
+purged series fails: its images are gone.
+
 Selection: ``--study`` one StudyInstanceUID; ``--patient`` every study of the
 follow-up record of that PatientID and every received series whose stored
 header names it; ``--older-than`` every study whose newest received instance
@@ -37,8 +52,10 @@ import peewee
 from common.dicom import read_header
 from config.errors import StorageError
 from storage import followup, outbox, rano, tracking
+from storage import jobs as job_states
 from storage.jobs import JOBS_DIR, Job
-from storage.models import ReceivedInstance, ReceivedSeries, write_transaction
+from storage.models import SERIES_COMPLETE, ReceivedInstance, ReceivedSeries, write_transaction
+from storage.reconcile import DELIVERED_MARKER
 from storage.store import INSTANCES_DIR
 
 LOGGER = logging.getLogger(__name__)
@@ -141,11 +158,8 @@ def _purge_study(data_dir: Path, uid: str) -> list[str]:
     study_dir = data_dir / INSTANCES_DIR / uid
     files = sum(1 for p in study_dir.rglob("*") if p.is_file()) if study_dir.exists() else 0
     for s in series:  # instances stored elsewhere (an older layout) go too
-        for row in ReceivedInstance.select().where(ReceivedInstance.series == s):
-            path = data_dir / row.path
-            if path.is_file() and study_dir not in path.parents:
-                path.unlink()
-                files += 1
+        rows = ReceivedInstance.select().where(ReceivedInstance.series == s)
+        files += _unlink_instances(data_dir, rows, keep_under=study_dir)
     if study_dir.exists():
         shutil.rmtree(study_dir)
     if files:
@@ -163,6 +177,84 @@ def _purge_study(data_dir: Path, uid: str) -> list[str]:
             done.append(f"study {uid}: {len(series)} received series and their instance rows")
     done.extend(_purge_followup(uid))
     return done
+
+
+def _unlink_instances(
+    data_dir: Path, rows: Iterable[ReceivedInstance], keep_under: Path | None = None
+) -> int:
+    """Remove the files of these instance rows (except those under ``keep_under``); the count."""
+    removed = 0
+    for row in rows:
+        path = data_dir / row.path
+        if path.is_file() and (keep_under is None or keep_under not in path.parents):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def delivered_series(days: float, now: float | None = None) -> list[tuple[ReceivedSeries, float]]:
+    """Complete series with stored images whose results were all delivered ``days`` or more
+    before ``now``, with the time of delivery (the rules are in the module docstring)."""
+    cutoff = (time.time() if now is None else now) - float(days) * DAY_S
+    with_images = ReceivedInstance.select(ReceivedInstance.series).distinct()
+    found = []
+    try:
+        for series in ReceivedSeries.select().where(
+            (ReceivedSeries.state == SERIES_COMPLETE) & ReceivedSeries.id.in_(with_images)
+        ):
+            delivered_at = _delivered_at(series)
+            if delivered_at is not None and delivered_at <= cutoff:
+                found.append((series, delivered_at))
+    except peewee.PeeweeException as exc:
+        raise StorageError(f"retention: cannot select the delivered series: {exc}") from exc
+    return found
+
+
+def _delivered_at(series: ReceivedSeries) -> float | None:
+    job = Job.select().where(Job.series == series.id).order_by(Job.id.desc()).first()
+    if job is None:  # a class that is not segmented: nothing was ever to be sent
+        return float(series.last_received_at)
+    if job.state in (job_states.FAILED, job_states.SKIPPED):
+        return float(job.finished_at or job.created_at)
+    if job.state != job_states.SUCCEEDED:
+        return None  # queued, running, no_destination (superseded is never the latest)
+    rows = list(outbox.Delivery.select().where(outbox.Delivery.job_id == job.id))
+    if any(row.state != outbox.SENT for row in rows):
+        return None
+    sent = [float(row.sent_at) for row in rows if row.sent_at is not None]
+    return max(sent) if sent else float(job.finished_at or job.created_at)
+
+
+def purge_images(
+    data_dir: Path, found: Iterable[tuple[ReceivedSeries, float]], now: float | None = None
+) -> list[str]:
+    """Remove the received images of these series (files first, then rows); one line each."""
+    lines = []
+    try:
+        for series, delivered_at in found:
+            rows = list(ReceivedInstance.select().where(ReceivedInstance.series == series.id))
+            files = _unlink_instances(data_dir, rows)
+            folder = data_dir / INSTANCES_DIR / series.study_instance_uid
+            (folder / series.series_instance_uid / DELIVERED_MARKER).unlink(missing_ok=True)
+            for empty in (folder / series.series_instance_uid, folder):
+                try:
+                    empty.rmdir()
+                except OSError:  # not empty (another series, a late instance) or gone
+                    break
+            with write_transaction():
+                ReceivedInstance.delete().where(
+                    ReceivedInstance.id.in_([row.id for row in rows])
+                ).execute()
+            days = ((time.time() if now is None else now) - delivered_at) / DAY_S
+            lines.append(
+                f"series {series.series_instance_uid} of study {series.study_instance_uid}: "
+                f"{files} instance file(s) and {len(rows)} instance row(s), "
+                f"results delivered {days:.1f} days ago"
+            )
+            LOGGER.info("retention: purged the received images of %s", lines[-1])
+    except (OSError, peewee.PeeweeException) as exc:
+        raise StorageError(f"retention: purge failed: {exc}") from exc
+    return lines
 
 
 def _purge_followup(uid: str) -> list[str]:
