@@ -273,7 +273,7 @@ class _Pages:
 
     def __init__(self, pdf: Any, plt: Any, summary: dict[str, Any], provenance: str) -> None:
         self.pdf, self.plt = pdf, plt
-        self.notice = textwrap.wrap(DISCLAIMER, 170) + textwrap.wrap(provenance, 170)
+        self.notice = textwrap.wrap(DISCLAIMER, 160) + textwrap.wrap(provenance, 160)
         self.title, self.patient_line = title_lines(summary)
         self.figure: Any = None
         self.y = 0.0  # inches from the top of the page
@@ -311,7 +311,7 @@ class _Pages:
         self.y += 0.05
 
     def text(self, text: str, size: float = 9) -> None:
-        for line in textwrap.wrap(text, int(1900 / size)) or [""]:
+        for line in textwrap.wrap(text, int(1250 / size)) or [""]:  # ~0.6 em a character
             self._room(size * 1.6 / 72)
             self._line(line, size)
 
