@@ -5,13 +5,15 @@ that queues one result per job back to the sender: peer GOOD is a live Storage S
 peer BAD a closed port.  The node's clock is moved 31 days ahead: the delivered
 series loses its images (files, rows, folder) and keeps its series row, job, delivery
 and output; the series whose delivery is still retrying and the series whose job is
-still queued keep everything.
+still queued keep everything; a series refused by the input rules (nothing to send) is
+purged too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import textwrap
 import threading
 import time
@@ -90,12 +92,17 @@ def test_delivered_images_are_purged_after_the_days_and_the_rest_kept(
             worker={"task": f"{task_module}:result_to_sender"},
         )
         sent = {}
-        for name, calling in (("delivered", "GOOD"), ("retrying", "BAD"), ("queued", "GOOD")):
-            paths = tools.series_dir(tmp_path / name, n_slices=3)
+        for name, calling, description, state in (
+            ("delivered", "GOOD", "T1 post-contrast", "queued"),
+            ("retrying", "BAD", "T1 post-contrast", "queued"),
+            ("queued", "GOOD", "T1 post-contrast", "queued"),
+            ("skipped", "GOOD", "FLAIR", "skipped"),  # gating: nothing to send
+        ):
+            paths = tools.series_dir(tmp_path / name, n_slices=3, series_description=description)
             assert tools.pynetdicom_send(paths, node.port, calling_ae=calling) == [0] * 3
             sent[name] = tools.uid_of(paths[0])
             tools.wait_for(
-                lambda uid=sent[name]: [j.state for j in tools.jobs_of(uid)] == ["queued"]
+                lambda uid=sent[name], s=state: [j.state for j in tools.jobs_of(uid)] == [s]
             )
         assert run_worker(node.config, threading.Event(), max_jobs=2) == 2  # not "queued"
 
@@ -117,7 +124,8 @@ def test_delivered_images_are_purged_after_the_days_and_the_rest_kept(
 
         node.clock = lambda: time.time() + 31 * DAY
         tools.wait_for(lambda: not tools.stored_sop_uids(sent["delivered"]))
-        assert not folders["delivered"].exists()
+        tools.wait_for(lambda: not tools.stored_sop_uids(sent["skipped"]))
+        assert not folders["delivered"].exists() and not folders["skipped"].exists()
         for name in ("retrying", "queued"):  # undelivered: every image kept
             assert len(tools.stored_sop_uids(sent[name])) == 3
             assert len(list(folders[name].glob("*.dcm"))) == 3
@@ -131,10 +139,10 @@ def test_delivered_images_are_purged_after_the_days_and_the_rest_kept(
             assert series.state == "complete"
             assert not ReceivedInstance.select().where(ReceivedInstance.series == series).exists()
         lines = [r.getMessage() for r in caplog.records if "retention: purged" in r.getMessage()]
-        assert (
-            len(lines) == 1 and sent["delivered"] in lines[0] and "3 instance file(s)" in lines[0]
-        )
+        assert all("3 instance file(s)" in line for line in lines)
+        purged = [re.search(r"series (\S+) of study", line).group(1) for line in lines]  # type: ignore[union-attr]
+        assert sorted(purged) == sorted([sent["delivered"], sent["skipped"]])
         time.sleep(0.5)  # later rounds find nothing more to do
-        assert len([r for r in caplog.records if "retention: purged" in r.getMessage()]) == 1
+        assert len([r for r in caplog.records if "retention: purged" in r.getMessage()]) == 2
     finally:
         scp.close()
