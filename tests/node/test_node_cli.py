@@ -288,7 +288,10 @@ def test_outputs_must_be_known_kinds(tools, tmp_path) -> None:
         config,
     )
     assert result.returncode == 2
-    assert "'rtstruct,png': expected a comma-separated list of rtstruct, seg, sr" in result.stderr
+    assert (
+        "'rtstruct,png': expected a comma-separated list of rtstruct, seg, sr, report"
+        in result.stderr
+    )
 
 
 # --- recovery and clarity: nowhere to send the results

@@ -13,6 +13,7 @@ from typing import get_args
 
 from pydicom.uid import (
     Comprehensive3DSRStorage,
+    EncapsulatedPDFStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     RTStructureSetStorage,
@@ -25,11 +26,12 @@ from node.ae import TRANSFER_SYNTAXES, accepted_sop_classes, build_ae
 DOC = Path(__file__).resolve().parents[2] / "docs" / "conformance.md"
 VERIFICATION = "1.2.840.10008.1.1"
 ROW_UID = re.compile(r"^\|[^|]*\|\s*`(1\.2\.840\.[0-9.]+)`\s*\|")
-#: the SOP class each output kind is written as (rt-utils, highdicom)
+#: the SOP class each output kind is written as (rt-utils, highdicom, inference/outputs/report.py)
 OUTPUT_SOP_CLASSES = {
     "rtstruct": RTStructureSetStorage,
     "seg": SegmentationStorage,
     "sr": Comprehensive3DSRStorage,
+    "report": EncapsulatedPDFStorage,
 }
 
 
@@ -66,6 +68,7 @@ def test_scu_sop_classes_are_those_of_the_outputs() -> None:
         "rtstruct": "1.2.840.10008.5.1.4.1.1.481.3",
         "seg": "1.2.840.10008.5.1.4.1.1.66.4",
         "sr": "1.2.840.10008.5.1.4.1.1.88.34",
+        "report": "1.2.840.10008.5.1.4.1.1.104.1",
     }
 
 
