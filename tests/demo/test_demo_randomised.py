@@ -1,0 +1,100 @@
+"""The domain-randomised crop generator (issue 9): crops as the trainer expects them, labels where
+the lesions are and only inside the brain, hard negatives without a lesion.
+
+Small crops (40 voxels) keep it to a few seconds; the head maps come from the disk cache
+(built once, about 20 s, on the first run on a machine).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from demo.training.data import CropSettings
+from demo.training.dr_lesions import random_lesion
+from demo.training.dr_maps import HeadMaps, load_head_maps
+from demo.training.dr_subject import Subject, random_subject
+from demo.training.randomised import (
+    Series,
+    crop_centre,
+    draw_crop,
+    draw_series,
+    randomised_crops,
+    randomised_stream,
+)
+
+SETTINGS = CropSettings(size=40, crops_per_phantom=3)
+
+
+@pytest.fixture(scope="module")
+def maps() -> HeadMaps:
+    return load_head_maps()
+
+
+def one_solid_lesion(maps: HeadMaps, seed: int) -> tuple[Subject, np.ndarray]:
+    """A subject with one solid 14 mm lesion deep in the brain, and the lesion's template centre."""
+    rng = np.random.default_rng(seed)
+    subject = random_subject(rng, maps)
+    centre = maps.brain_centre_lps + np.array([25.0, 10.0, 15.0])
+    lesion = replace(random_lesion(rng, centre, 14.0), kind="solid", enhancement=2.0)
+    return replace(subject, lesions=(lesion,), gamma=1.0), centre
+
+
+def test_stream_yields_crops_like_the_phantom_stream(maps: HeadMaps) -> None:
+    stream = randomised_stream(5, SETTINGS)
+    for _ in range(4):
+        image, label = next(stream)
+        assert image.shape == label.shape == (40, 40, 40)
+        assert image.dtype == label.dtype == np.float32
+        assert np.isfinite(image).all()
+        assert set(np.unique(label)) <= {0.0, 1.0}
+
+
+def test_lesion_labels_lie_inside_the_brain(maps: HeadMaps) -> None:
+    crops = randomised_crops(7, replace(SETTINGS, lesion_fraction=1.0))
+    labelled = 0
+    for _ in range(6):
+        crop = next(crops)
+        if crop.label.any():
+            labelled += 1
+            assert (crop.brain[crop.label > 0] > 0.5).all()
+    assert labelled >= 3
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_label_and_image_are_aligned(maps: HeadMaps, seed: int) -> None:
+    subject, centre = one_solid_lesion(maps, seed)
+    rng = np.random.default_rng(seed)
+    series = Series(subject.head_centre, np.full(3, 150.0), 0.0, False, (0.0, subject.scale))
+    patient = subject.to_patient(centre[None])[0]
+    crop = draw_crop(rng, subject, series, maps, SETTINGS, patient, "lesion")
+    label = crop.label > 0
+    assert 500 < label.sum() < 3000  # a 14 mm ball is about 1400 mm3
+    found = np.array(ndimage.center_of_mass(label))
+    assert np.linalg.norm(found - 19.5) < 8.0  # the warp moves it a few mm
+    shell = ndimage.binary_dilation(label, iterations=4) & ~ndimage.binary_dilation(
+        label, iterations=2
+    )
+    core = ndimage.binary_erosion(label, iterations=2)
+    assert crop.image[core].mean() > 1.3 * crop.image[shell].mean()
+
+
+def test_hard_negatives_have_no_label(maps: HeadMaps) -> None:
+    subject, centre = one_solid_lesion(maps, 3)
+    rng = np.random.default_rng(3)
+    series = draw_series(rng, subject, maps, SETTINGS)
+    patient = subject.to_patient(centre[None])[0]
+    on_lesion = draw_crop(rng, subject, series, maps, SETTINGS, patient, "distractor")
+    assert not on_lesion.label.any()  # a negative crop drops the lesions that reach it
+    kinds = set()
+    negatives = replace(SETTINGS, lesion_fraction=0.0)
+    for _ in range(4):
+        where, kind = crop_centre(rng, subject, series, maps, negatives)
+        kinds.add(kind)
+        if kind in ("distractor", "background"):
+            crop = draw_crop(rng, subject, series, maps, negatives, where, kind)
+            assert not crop.label.any()
+    assert kinds <= {"distractor", "background", "head"}
