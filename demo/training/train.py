@@ -4,7 +4,9 @@
 
 The network is built from the ``model.unetr`` section of the configuration, so
 the weights always fit the default ``ae_config.yaml``.  Crops come from
-:func:`demo.training.data.crop_stream` in worker processes; each step
+:func:`demo.training.data.crop_stream` (``--generator phantom``), from the
+domain-randomised :func:`demo.training.randomised.randomised_stream`
+(``randomised``) or from both in turn (``mixed``), in worker processes; each step
 trains on fresh crops and crops replayed from a pool (by default one of each;
 on a GPU host ``--batch 8 --workers 14``), augmented with MONAI transforms
 (flip, rotation and scaling, elastic deformation, intensity, bias field, noise,
@@ -27,6 +29,7 @@ import os
 import random
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from queue import Empty
@@ -39,17 +42,39 @@ from monai.losses import DiceCELoss
 
 from config.loader import load_config
 from demo.training.data import CropSettings, crop_stream
+from demo.training.randomised import randomised_stream
 from inference.model import build_unetr
 
 LOGGER = logging.getLogger(__name__)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+GENERATORS = ("phantom", "randomised", "mixed")
 
 
-def _produce(seed: int, settings: CropSettings, queue: mp.Queue, roi: int | None) -> None:  # type: ignore[type-arg]
+def crops(
+    generator: str, seed: int, settings: CropSettings
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Crops from the phantom generator, the domain-randomised one, or both in turn (``mixed``)."""
+    if generator == "phantom":
+        return crop_stream(seed, settings)
+    if generator == "randomised":
+        return randomised_stream(seed, settings)
+    if generator == "mixed":
+        pairs = zip(crop_stream(seed, settings), randomised_stream(seed, settings))
+        return (crop for pair in pairs for crop in pair)
+    raise ValueError(f"unknown generator {generator!r}; expected one of {GENERATORS}")
+
+
+def _produce(
+    seed: int,
+    settings: CropSettings,
+    queue: mp.Queue,  # type: ignore[type-arg]
+    roi: int | None,
+    generator: str = "phantom",
+) -> None:
     """Put crops on ``queue``; with ``roi`` set they are augmented here, ready to train on."""
     torch.set_num_threads(1)
     augment = augmentations(roi) if roi is not None else None
-    for image, label in crop_stream(seed, settings):
+    for image, label in crops(generator, seed, settings):
         if augment is not None:
             out = augment({"image": image[None], "label": label[None]})
             image, label = np.asarray(out["image"])[0], np.asarray(out["label"])[0]
@@ -57,7 +82,11 @@ def _produce(seed: int, settings: CropSettings, queue: mp.Queue, roi: int | None
 
 
 def start_producers(
-    seed: int, settings: CropSettings, workers: int = 1, roi: int | None = None
+    seed: int,
+    settings: CropSettings,
+    workers: int = 1,
+    roi: int | None = None,
+    generator: str = "phantom",
 ) -> mp.Queue:  # type: ignore[type-arg]
     """Crops are drawn in ``workers`` processes; training never waits for one once the pool is full."""
     context = mp.get_context(
@@ -71,7 +100,9 @@ def start_producers(
     try:
         for worker in range(workers):
             context.Process(
-                target=_produce, args=(seed + 7919 * worker, settings, queue, roi), daemon=True
+                target=_produce,
+                args=(seed + 7919 * worker, settings, queue, roi, generator),
+                daemon=True,
             ).start()
     finally:
         for name, value in saved.items():
@@ -209,6 +240,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--validate-minutes", type=float, default=6.0)
     parser.add_argument(
+        "--fp32", action="store_true", help="no bf16 autocast (CPUs without AVX512-BF16 or AMX)"
+    )
+    parser.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        default="phantom",
+        help="training crops: the phantom generator, the domain-randomised one (issue 9), or "
+        "half of each; validation crops come from the same mix",
+    )
+    parser.add_argument(
         "--work",
         type=Path,
         default=Path("/tmp/ainode_train"),
@@ -245,9 +286,9 @@ class Trainer:
             upper_percentile=intensity.upper_percentile,
         )
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.autocast = (
-            True  # bf16: AVX512-BF16/AMX on the CPUs this is trained on, tensor cores on a GPU
-        )
+        # bf16: AVX512-BF16/AMX on the CPUs this was first trained on, tensor cores on a GPU;
+        # --fp32 on CPUs without them (bf16 is emulated there, and slower)
+        self.autocast = not args.fp32
         self.model = build_unetr(config.unetr).to(self.device)
         self.optimiser = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=1e-5)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
@@ -280,11 +321,13 @@ class Trainer:
         LOGGER.info("initialised from %s", path)
 
     def validation_crops(self) -> tuple[torch.Tensor, torch.Tensor]:
-        stream = crop_stream(10_000 + self.args.seed, replace(self.settings, size=self.roi))
-        crops = [next(stream) for _ in range(self.args.val_crops)]
+        stream = crops(
+            self.args.generator, 10_000 + self.args.seed, replace(self.settings, size=self.roi)
+        )
+        drawn = [next(stream) for _ in range(self.args.val_crops)]
         return (
-            torch.stack([torch.as_tensor(i[None]) for i, _ in crops]),
-            torch.stack([torch.as_tensor(m[None]) for _, m in crops]),
+            torch.stack([torch.as_tensor(i[None]) for i, _ in drawn]),
+            torch.stack([torch.as_tensor(m[None]) for _, m in drawn]),
         )
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, lr: float) -> None:
@@ -316,6 +359,7 @@ class Trainer:
             self.settings,
             self.args.workers,
             self.roi if in_workers else None,
+            self.args.generator,
         )
         augment = None if in_workers else augmentations(self.roi)
         budget = self.args.minutes * 60.0
