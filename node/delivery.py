@@ -3,8 +3,9 @@
 Every ``delivery.poll_interval_seconds`` a dispatcher thread looks for the
 destinations that have deliveries due (:mod:`storage.outbox`) and gives each
 destination its own sender thread, which claims that destination's due
-deliveries and sends them by C-STORE (:mod:`node.scu`) one at a time: a hung
-or unreachable destination delays only its own deliveries.  Success marks a
+deliveries one at a time, each just before sending it by C-STORE
+(:mod:`node.scu`): a hung or unreachable destination delays only its own
+deliveries, and a crash interrupts at most the one attempt in flight.  Success marks a
 delivery ``sent``; a :class:`DeliveryError` marks it ``retrying`` with back-off
 or ``dead`` at the limit.  On start it first recovers attempts that a crash cut
 short, so deliveries resume after a restart.
@@ -57,14 +58,18 @@ class DeliveryService:
         LOGGER.info("delivery service stopped")
 
     def run_once(self) -> int:
-        """Send every delivery that is due now, in this thread; return how many were attempted."""
-        claimed = outbox.claim_due()
-        for delivery in claimed:
-            if self._stop.is_set():
-                outbox.release(delivery)
-                continue
+        """Send every delivery that is due now, in this thread; return how many were attempted.
+        Each is claimed just before its attempt (:func:`storage.outbox.claim_next`); a failed
+        attempt is due again only after its back-off, so it is not retried in this call."""
+        started = time.time()
+        attempted = 0
+        while not self._stop.is_set():
+            delivery = outbox.claim_next(started)
+            if delivery is None:
+                break
             self._attempt(delivery)
-        return len(claimed)
+            attempted += 1
+        return attempted
 
     def _run(self) -> None:
         interval = self.config.delivery.poll_interval_seconds
@@ -99,14 +104,10 @@ class DeliveryService:
         open_thread_connection()
         try:
             while not self._stop.is_set():
-                claimed = outbox.claim_due(destination=target)
-                if not claimed:
+                delivery = outbox.claim_next(destination=target)  # one, just before its send
+                if delivery is None:
                     return
-                for delivery in claimed:
-                    if self._stop.is_set():
-                        outbox.release(delivery)
-                    else:
-                        self._attempt(delivery)
+                self._attempt(delivery)
         except Exception:  # the dispatcher starts a new sender at its next poll
             LOGGER.exception(
                 "delivery to %s@%s:%s failed", target.ae_title, target.host, target.port

@@ -9,10 +9,11 @@ Each row is one DICOM file for one destination, and moves::
        └───────────── ai-node retry ───────────┘
     pending | retrying | dead ──▶ withdrawn   its job was superseded (never sent)
 
-``sending`` marks the one attempt in flight: a delivery is claimed by a single
+``sending`` marks the one attempt in flight: a delivery is claimed
+(:func:`claim_next`, one row, immediately before it is sent) by a single
 conditional UPDATE that also counts the attempt, so there is never more than
-one attempt at a time for a delivery, whoever polls, and an attempt cut short
-by a crash is counted too.  The back-off after attempt ``n`` is
+one attempt at a time for a delivery, whoever polls, an attempt cut short by a
+crash is counted too, and no row waits in ``sending`` behind another's send.  The back-off after attempt ``n`` is
 ``min(backoff_initial_seconds * 2**(n-1), backoff_max_seconds)``.
 
 Delivery semantics: **at least once, with at most one extra send per
@@ -196,11 +197,15 @@ def enqueue(
     return rows
 
 
-def claim_due(
-    now: float | None = None, limit: int = 10, destination: Target | None = None
-) -> list[Delivery]:
-    """Claim up to ``limit`` due deliveries (of one destination, if given) for one attempt
-    each: ``→ sending``, the attempt counted at once, so a crash mid-send still counts it."""
+def claim_next(now: float | None = None, destination: Target | None = None) -> Delivery | None:
+    """Claim the oldest due delivery (of one destination, if given) for one attempt, just
+    before it is sent: ``→ sending``, the attempt counted at once, so a crash mid-send still
+    counts it.  None when nothing is due.
+
+    One row per claim, and the caller sends it before claiming the next: a row is
+    ``sending`` only while it is actually being sent, so after a crash ``interrupted``
+    counts exactly the attempts that may have reached the destination.
+    """
     now = time.time() if now is None else now
     due = Delivery.select(Delivery.id).where(
         Delivery.state.in_(DUE_STATES), Delivery.next_at <= now
@@ -211,16 +216,17 @@ def claim_due(
             & (Delivery.destination_host == destination.host)
             & (Delivery.destination_port == destination.port)
         )
-    claimed = []
-    for delivery_id in [row.id for row in due.order_by(Delivery.next_at, Delivery.id).limit(limit)]:
+    while True:  # another claimer may take the oldest first: then try the next one
+        row = due.order_by(Delivery.next_at, Delivery.id).first()
+        if row is None:
+            return None
         updated = (
             Delivery.update(state=SENDING, attempts=Delivery.attempts + 1, updated_at=now)
-            .where(Delivery.id == delivery_id, Delivery.state.in_(DUE_STATES))
+            .where(Delivery.id == row.id, Delivery.state.in_(DUE_STATES))
             .execute()
         )
         if updated == 1:
-            claimed.append(Delivery.get_by_id(delivery_id))
-    return claimed
+            return Delivery.get_by_id(row.id)
 
 
 def due_destinations(now: float | None = None) -> list[Target]:
@@ -278,14 +284,6 @@ def _transition(delivery: Delivery, state: str, **fields: object) -> None:
         raise StorageError(f"delivery {delivery.id} was not in flight; cannot mark it {state}")
     for name, value in {"state": state, **fields}.items():
         setattr(delivery, name, value)
-
-
-def release(delivery: Delivery, now: float | None = None) -> None:
-    """Give back a claimed delivery without attempting it (the service is stopping)."""
-    now = time.time() if now is None else now
-    attempts = delivery.attempts - 1  # claimed, never tried
-    state = PENDING if attempts == 0 else RETRYING
-    _transition(delivery, state, attempts=attempts, next_at=now, updated_at=now)
 
 
 def recover_in_flight(now: float | None = None) -> int:

@@ -216,9 +216,10 @@ def test_restart_resumes_an_interrupted_attempt(
     node_db: peewee.Database, scp: RecordingSCP, result_files: dict[str, Path]
 ) -> None:
     outbox.enqueue([("rtstruct", result_files["rtstruct"])], [scp.target()], job_id=3)
-    (claimed,) = outbox.claim_due()  # the process "crashes" while sending
+    claimed = outbox.claim_next()  # the process "crashes" while sending
+    assert claimed is not None
     assert outbox.Delivery.get_by_id(claimed.id).state == outbox.SENDING
-    assert outbox.claim_due() == []  # one attempt at a time
+    assert outbox.claim_next() is None  # one attempt at a time
     service = DeliveryService(config(poll_interval_seconds=0.1))
     service.start()  # recovers, then sends in its thread
     try:
@@ -233,6 +234,42 @@ def test_restart_resumes_an_interrupted_attempt(
     assert len(scp.received) == 1
 
 
+class _Killed(BaseException):
+    """Ends a sender thread mid-send the way a kill would: nothing after it runs."""
+
+
+def test_a_crash_mid_send_interrupts_only_the_delivery_being_sent(
+    node_db: peewee.Database,
+    scp: RecordingSCP,
+    result_files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 11, defect 2: ``interrupted`` counted every row the sender had claimed (up to
+    10), not only the one it was sending, so it over-stated the possible duplicates."""
+    files = [("rtstruct", result_files["rtstruct"]), ("seg", result_files["seg"])]
+    outbox.enqueue(files, [scp.target()], job_id=4)
+    in_flight: list[list[str]] = []
+    killed = threading.Event()
+
+    def killed_mid_send(*_args: object) -> None:
+        in_flight.append([d.state for d in outbox.Delivery.select().order_by(outbox.Delivery.id)])
+        killed.set()
+        raise _Killed()
+
+    monkeypatch.setattr("node.delivery.send_file", killed_mid_send)
+    monkeypatch.setattr(threading, "excepthook", lambda _args: None)  # the "kill" is expected
+    service = DeliveryService(config(poll_interval_seconds=30))  # one poll: one sender
+    service.start()
+    try:
+        assert killed.wait(20)
+    finally:
+        service.stop()
+    assert in_flight == [[outbox.SENDING, outbox.PENDING]]  # only the one being sent
+    assert outbox.recover_in_flight() == 1  # the restart
+    rows = list(outbox.Delivery.select().order_by(outbox.Delivery.id))
+    assert [(r.attempts, r.interrupted) for r in rows] == [(1, 1), (0, 0)]
+
+
 def test_concurrent_claims_never_share_a_delivery(
     node_db: peewee.Database, result_files: dict[str, Path]
 ) -> None:
@@ -243,11 +280,11 @@ def test_concurrent_claims_never_share_a_delivery(
 
     def claim() -> None:
         while True:
-            got = outbox.claim_due(limit=2)
-            if not got:
+            got = outbox.claim_next()
+            if got is None:
                 return
             with lock:
-                claimed.extend(d.id for d in got)
+                claimed.append(got.id)
 
     threads = [threading.Thread(target=claim) for _ in range(3)]
     for thread in threads:
