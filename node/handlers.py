@@ -28,14 +28,20 @@ LOGGER = logging.getLogger(__name__)
 
 
 def handle_requested(event: Event, config: NodeConfig) -> None:
-    """EVT_REQUESTED: reject (A-ASSOCIATE-RJ) an unknown calling AE, a wrong called AE, a TLS
-    peer in clear (permanent), or any association beyond ``network.maximum_associations``
-    (transient, local limit exceeded: :func:`node.transport.admit`)."""
+    """EVT_REQUESTED: reject (A-ASSOCIATE-RJ) an invalid AE title (empty, control characters:
+    replaced before pynetdicom decoded it, :mod:`node.limits`), an unknown calling AE, a wrong
+    called AE, a TLS peer in clear (permanent), or any association beyond
+    ``network.maximum_associations`` (transient, local limit exceeded:
+    :func:`node.transport.admit`).  Each rejection gets one WARNING line saying why."""
     assoc = event.assoc
     primitive = cast(A_ASSOCIATE, assoc.requestor.primitive)
     calling, called = str(primitive.calling_ae_title), str(primitive.called_ae_title)
     address = str(assoc.requestor.address)
-    refused = access.refusal(config, calling, called, address, transport.is_tls(assoc))
+    invalid = transport.invalid_ae_title(assoc)
+    if invalid is not None:
+        refused: access.Refusal | None = _invalid_title_refusal(*invalid)
+    else:
+        refused = access.refusal(config, calling, called, address, transport.is_tls(assoc))
     if refused is None and not transport.admit(assoc):
         refused = access.capacity_refusal(config)
     if refused is None:
@@ -48,6 +54,12 @@ def handle_requested(event: Event, config: NodeConfig) -> None:
     )
     assoc.acse.send_reject(refused.result, refused.source, refused.diagnostic)
     assoc.kill()  # as pynetdicom's own rejection does: waits until the A-ASSOCIATE-RJ is out
+
+
+def _invalid_title_refusal(field: str, reason: str) -> access.Refusal:
+    if field == "called":
+        return access.Refusal(access.CALLED_AE_NOT_RECOGNISED, reason)
+    return access.Refusal(access.CALLING_AE_NOT_RECOGNISED, reason)
 
 
 def handle_rejected(event: Event) -> None:

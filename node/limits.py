@@ -22,8 +22,13 @@ Bytes (:class:`PduGuard`, one per connection, fed by :mod:`node.transport`):
 * a PDU's declared length is checked when its 6-byte header has been read, before
   its body is read: at most :data:`MAX_NEGOTIATION_PDU` for everything but
   P-DATA, and ``network.maximum_pdu_size`` for P-DATA (when 0, the instance limit);
-* an A-ASSOCIATE-RQ whose AE titles hold a control character or a backslash is
-  aborted before pynetdicom decodes it (pynetdicom would log the raw value);
+* an A-ASSOCIATE-RQ whose called or calling AE title is not a valid AE title
+  (empty, or holding a control character, a backslash or a non-ASCII byte) has
+  that title replaced by :data:`INVALID_AE_PLACEHOLDER` before pynetdicom decodes
+  it (pynetdicom would log the raw value, and raises on an empty title, aborting
+  with a traceback); the guard keeps the reason (``invalid_ae_title``) and the
+  EVT_REQUESTED handler answers A-ASSOCIATE-RJ with it (:mod:`node.handlers`).
+  A title cannot be longer than 16 bytes on the wire: its field is fixed;
 * a DIMSE message's command set is at most :data:`MAX_COMMAND_SET` bytes; its
   data set at most ``receive.max_instance_mb``; a data set that pynetdicom holds
   in memory (anything but a C-STORE request, which is streamed to a file) at most
@@ -64,6 +69,9 @@ MAX_COMMAND_SET = 64 * 1024
 MAX_IN_MEMORY_DATASET = 1 * MIB
 
 A_ASSOCIATE_RQ = 0x01
+#: what pynetdicom sees instead of an invalid AE title (a valid title, never accepted:
+#: the association is rejected on the guard's reason before any access rule is applied)
+INVALID_AE_PLACEHOLDER = b"INVALID-AE-TITLE"
 P_DATA_TF = 0x04
 PDU_TYPES = range(0x01, 0x08)
 
@@ -190,6 +198,8 @@ class PduGuard:
     _body: tuple[int, int] | None = None  # (type, length) of the PDU whose body comes next
     _command_bytes: int = 0
     _dataset_bytes: int = 0
+    #: the A-ASSOCIATE-RQ's first invalid AE title (replaced): ("called" | "calling", why)
+    invalid_ae_title: tuple[str, str] | None = None
 
     def header(self, data: bytes) -> None:
         """The 6-byte header of the next PDU was read: refuse its declared length if too big."""
@@ -209,16 +219,28 @@ class PduGuard:
     def expects_body(self) -> bool:
         return self._body is not None
 
-    def body(self, data: bytes) -> None:
-        """The body of the PDU announced by :meth:`header` was read."""
+    def body(self, data: bytearray) -> None:
+        """The body of the PDU announced by :meth:`header` was read (an A-ASSOCIATE-RQ's
+        invalid AE titles are replaced in place, see :meth:`_replace_invalid_ae_titles`)."""
         pdu_type = self._body[0] if self._body else 0
         self._body = None
         if pdu_type == P_DATA_TF:
             self._count_pdvs(data)
         elif pdu_type == A_ASSOCIATE_RQ:
-            _check_ae_titles(data)
+            self._replace_invalid_ae_titles(data)
 
-    def _count_pdvs(self, data: bytes) -> None:
+    def _replace_invalid_ae_titles(self, body: bytearray) -> None:
+        """Put :data:`INVALID_AE_PLACEHOLDER` in place of each invalid AE title; keep why."""
+        if len(body) < 36:
+            return  # pynetdicom refuses a PDU too short to hold its fixed fields
+        for name, where in (("called", slice(4, 20)), ("calling", slice(20, 36))):
+            problem = ae_title_problem(bytes(body[where]))
+            if problem:
+                if self.invalid_ae_title is None:
+                    self.invalid_ae_title = (name, f"{name} AE title {problem}")
+                body[where] = INVALID_AE_PLACEHOLDER
+
+    def _count_pdvs(self, data: bytes | bytearray) -> None:
         # whether a data set is streamed is known once its command set is decoded, which
         # happens after the PDU that ends it: so the in-memory limit is checked per PDU
         if self._dataset_bytes > MAX_IN_MEMORY_DATASET and not self.streaming():
@@ -252,14 +274,26 @@ class PduGuard:
             )
 
 
-def _check_ae_titles(body: bytes) -> None:
-    """Control characters in an AE title: refused before pynetdicom decodes (and logs) them."""
-    for name, title in (("called", body[4:20]), ("calling", body[20:36])):
-        if any(byte < 0x20 or byte > 0x7E or byte == 0x5C for byte in title):
-            shown = "".join(
-                chr(b) if 0x20 <= b <= 0x7E and b != 0x5C else f"\\x{b:02x}" for b in title
-            ).strip()
-            raise LimitExceeded(f"{name} AE title '{shown}' is not a valid AE title")
+def ae_title_problem(title: bytes) -> str:
+    """What makes an AE title field of an A-ASSOCIATE-RQ invalid (PS3.5 AE: at most 16
+    characters, not all spaces, no control character, no backslash, ASCII only), or ''."""
+    if len(title) > 16:
+        return f"'{_shown(title[:16])}...' is longer than 16 bytes"
+    if not title.strip(b" "):
+        return "is empty (all spaces)"
+    if any(byte < 0x20 or byte > 0x7E or byte == 0x5C for byte in title):
+        return (
+            f"'{_shown(title)}' is not a valid AE title "
+            "(a control character, a backslash or a non-ASCII byte)"
+        )
+    return ""
+
+
+def _shown(title: bytes) -> str:
+    """An AE title for one log line: every byte that is not printable ASCII escaped."""
+    return "".join(
+        chr(b) if 0x20 <= b <= 0x7E and b != 0x5C else f"\\x{b:02x}" for b in title
+    ).strip()
 
 
 def inflated_size_exceeds(source: bytes | Path, limit: int) -> bool:

@@ -79,7 +79,7 @@ class GuardedSocket(AssociationSocket):
         try:
             if self.guard.expects_body:
                 data = super().recv(nr_bytes)
-                self.guard.body(bytes(data))
+                self.guard.body(data)  # may replace an invalid AE title in place
             else:
                 data = super().recv(nr_bytes)
                 self.guard.header(bytes(data))
@@ -253,6 +253,13 @@ def _association_over(event: Event) -> None:
     assoc = event.assoc
     if isinstance(assoc, NodeAssociation):
         assoc.table.finish(assoc.connection)
+
+
+def invalid_ae_title(assoc: Association) -> tuple[str, str] | None:
+    """The A-ASSOCIATE-RQ's invalid AE title that the guard replaced: ("called" | "calling",
+    why), or None (see :class:`node.limits.PduGuard`)."""
+    sock = assoc.dul.socket
+    return sock.guard.invalid_ae_title if isinstance(sock, GuardedSocket) else None
 
 
 def is_tls(assoc: Association) -> bool:

@@ -16,6 +16,7 @@ import time
 import zlib
 from pathlib import Path
 
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
@@ -214,11 +215,58 @@ def test_calling_ae_with_cr_lf_is_refused_and_never_logged_raw(node_factory, cap
         answer = sock.recv(10)
         sock.close()
         time.sleep(0.3)
-    assert answer[:1] == b"\x07"  # A-ABORT, before pynetdicom decodes (and logs) the title
+    assert answer[:1] == b"\x03"  # A-ASSOCIATE-RJ; pynetdicom never decoded the raw title
     assert "calling AE title 'EVIL\\x0d\\x0aFORGED' is not a valid AE title" in caplog.text
     for record in caplog.records:
         message = record.getMessage()
         assert "\n" not in message and "\r" not in message, message
+
+
+def _rejection(sock: socket.socket) -> bytes:
+    """The 10 bytes of the A-ASSOCIATE-RJ (or whatever PDU) the node answers with."""
+    sock.settimeout(5)
+    answer = b""
+    while len(answer) < 10 and (chunk := sock.recv(10 - len(answer))):
+        answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("called", "calling", "diagnostic", "said"),
+    [
+        (b"AINODE", b"", 3, "calling AE title is empty (all spaces)"),
+        (b"AINODE", b"\0" * 16, 3, "calling AE title '\\x00"),
+        (b"AINODE", b"BAD\x07BELL", 3, "calling AE title 'BAD\\x07BELL' is not a valid"),
+        (b"AINODE", b"BACK\\SLASH", 3, "calling AE title 'BACK\\x5cSLASH' is not a valid"),
+        (b"AINODE", "CAFÉ".encode("latin-1"), 3, "calling AE title 'CAF\\xc9' is not a valid"),
+        (b"", b"TESTSCU", 7, "called AE title is empty (all spaces)"),
+        (b"AI\tNODE", b"TESTSCU", 7, "called AE title 'AI\\x09NODE' is not a valid"),
+    ],
+)
+def test_invalid_ae_titles_get_a_rejection_and_one_line(
+    node_factory, tools, caplog, called: bytes, calling: bytes, diagnostic: int, said: str
+) -> None:
+    """Issue 11: an empty title or one with a control character got an A-ABORT and a
+    pynetdicom traceback in the log; now an A-ASSOCIATE-RJ (permanent, service user,
+    calling/called AE title not recognised) and one WARNING line, and the node serves on."""
+    node = node_factory()
+    with caplog.at_level(logging.DEBUG):
+        with _connect(node.port) as sock:
+            sock.sendall(associate_rq(calling, called))
+            answer = _rejection(sock)
+        time.sleep(0.3)
+        echo = tools.associate(node.port)
+        assert echo.is_established
+        assert echo.send_c_echo().Status == 0
+        echo.release()
+    assert answer[:1] == b"\x03", answer  # A-ASSOCIATE-RJ
+    assert tuple(answer[7:10]) == (1, 1, diagnostic)  # permanent, service user, which title
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in lines if said in r.getMessage()], caplog.text
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert "rejected" in lines[0].getMessage()
+    assert all(r.exc_info is None for r in caplog.records)
+    assert "Traceback" not in caplog.text
 
 
 def _implicit_bytes_labelled_explicit(path: Path) -> Path:
