@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := dcmtk orthanc dicom3tools systemd chromium postgresql libgl1 libglib2.0-0
 
-.PHONY: run test test-fast install debian-deps lint format bench stress clean
+.PHONY: run test test-fast install debian-deps lint format bench stress demo clean
 
 run: $(STAMP)
 	$(BIN)/ai-node serve --config ae_config.yaml
@@ -52,6 +52,12 @@ format: $(STAMP)
 stress: $(STAMP) debian-deps
 	mkdir -p runs/stress
 	$(BIN)/python tests/stress/__main__.py --out runs/stress/full.json
+
+# issue 10: one synthetic patient, three studies with head motion, through a node it starts
+# (the shipped demo model, a temporary data_dir); prints tracks, RANO-BM and the truth, writes
+# demo_report.html (about 10 minutes of CPU)
+demo: $(STAMP)
+	$(BIN)/ai-node demo --config ae_config.yaml --output demo_report.html
 
 bench: $(STAMP) debian-deps
 	$(BIN)/python bench/receive.py

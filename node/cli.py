@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -216,6 +217,28 @@ def _web(args: argparse.Namespace, config: NodeConfig) -> int:
     return run(config, args.bind, args.web_port, args.token, args.tls_cert, args.tls_key)
 
 
+def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "demo", parents=[common], help="one synthetic patient, three studies, end to end"
+    )
+    parser.add_argument("peer", nargs="?", help="a running node, AE@HOST:PORT (default: start one)")
+    parser.add_argument("--output", type=Path, default=Path("demo_report.html"))
+    parser.add_argument("--workdir", type=Path, help="keep the studies (and the node's data) here")
+    parser.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace, config: NodeConfig) -> int:
+    """demo/ is not runtime code and node/ never imports it (tests/architecture): it runs
+    as its own program, as the supervisor runs ``python -m jobs.worker``."""
+    command = [sys.executable, "-m", "demo.followup", "--output", str(args.output)]
+    command += ["--config", str(config.source or config_path(args))]
+    if args.peer:
+        command += [args.peer, "--data-dir", str(config.data_dir)]
+    if args.workdir is not None:
+        command += ["--workdir", str(args.workdir)]
+    return subprocess.run(command, check=False).returncode
+
+
 #: each adds one subcommand: (subparsers, common parent parser) -> None
 COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _add_serve,
@@ -223,6 +246,7 @@ COMMANDS: list[Callable[[Any, argparse.ArgumentParser], None]] = [
     _add_echo,
     _add_segment,
     _add_web,  # node/web.py
+    _add_demo,  # runs python -m demo.followup (demo/followup/run.py)
     *FOLLOWUP_COMMANDS,  # followup show|export|report|plot|baseline, purge (node/followup_cli.py)
     *RESULTS_COMMANDS,  # retry, rerun, followup show (node/results_cli.py)
 ]

@@ -29,6 +29,7 @@ SLOW_MODULES = {
     "test_node_service.py",  # systemd-analyze
     "test_inference_synthetic.py",  # whole synthetic heads
     "test_results_validation.py",  # dciodvfy on every output kind, orientation and case
+    "test_demo_followup_e2e.py",  # ai-node demo: three studies through the demo model
 }
 
 #: single tests that take more than a few seconds in otherwise quick modules
@@ -58,6 +59,10 @@ SLOW_TESTS = {
     "test_failure_statuses_raise",
     "test_rerun_queues_a_new_job_for_the_series",
     "test_a_series_sent_again_after_its_job_failed_runs_again",
+    # tests/demo: the MNI152 template (20-70 s to load), two fresh interpreters
+    "test_lesions_lie_inside_the_brain_and_apart",
+    "test_the_head_moves_between_studies",
+    "test_ai_node_demo_is_a_subcommand",
 }
 
 
