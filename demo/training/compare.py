@@ -1,0 +1,114 @@
+"""Compare weights on *validation* series through the whole pipeline (model selection, issue 9).
+
+    python -m demo.training.compare --weights 0.3.0=models/demo_unetr/weights.pt \\
+        --weights dr=runs/demo_unetr_dr/weights.pt --n 8 --n-randomised 4 \\
+        --cases /tmp/ainode_select --out runs/demo_unetr_dr/selection.json
+
+Series: ``--n`` phantom series from :func:`demo.training.evaluate.held_out_specs` with
+seeds 800000+ (as :mod:`demo.training.tune`; never the held-out 900000+), and
+``--n-randomised`` domain-randomised series (:mod:`demo.training.dr_series`, seeds
+810000+, alternately skull-stripped and with skull, field of view 1.3-2 x the head).
+Each is segmented by the configured :class:`~inference.pipeline.Segmenter` (brain mask
+and all, as in ``ae_config.yaml``) with each set of weights and scored as
+:mod:`demo.training.evaluate` scores the held-out set.  Rows are appended to ``--out`` as
+they come, and a rerun skips the (weights, series) pairs already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from config.loader import load_config
+from demo.training.dr_series import write_randomised_case
+from demo.training.evaluate import ensure_case, held_out_specs, score_case, summarise
+from inference.pipeline import Segmenter
+
+PHANTOM_SEEDS = 800_000
+RANDOMISED_SEEDS = 810_000
+
+
+Case = tuple[list[Path], np.ndarray, list[dict]]
+
+
+def series_list(root: Path, n: int, n_randomised: int) -> list[tuple[str, Callable[[], Case]]]:
+    """(name, how to get (paths, truth, lesions)) for every validation series."""
+    out: list[tuple[str, Callable[[], Case]]] = []
+    for index, spec in enumerate(held_out_specs(n, PHANTOM_SEEDS)):
+        out.append((f"phantom{index:02d}", partial(ensure_case, root / "phantom", index, spec)))
+    for index in range(n_randomised):
+        stripped = index % 2 == 0
+        folder = root / f"randomised{index:02d}"
+        out.append(
+            (
+                f"randomised{index:02d}_{'stripped' if stripped else 'skull'}",
+                partial(write_randomised_case, folder, RANDOMISED_SEEDS + index, stripped),
+            )
+        )
+    return out
+
+
+def run_one(
+    segmenter: Segmenter, paths: list[Path], truth: np.ndarray, lesions: list[dict]
+) -> dict:
+    start = time.perf_counter()
+    try:
+        result = segmenter.segment(paths)
+    except Exception as exc:  # a failed job counts as every lesion missed
+        return {"error": repr(exc), "lesions": [], "false_positives": 0, "seconds": 0.0}
+    voxel = float(abs(np.linalg.det(result.volume.affine_lps[:3, :3])))
+    return score_case(result.labels, truth, lesions, voxel) | {
+        "seconds": time.perf_counter() - start
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=Path("ae_config.yaml"))
+    parser.add_argument("--weights", action="append", required=True, help="label=path")
+    parser.add_argument("--cases", type=Path, default=Path("/tmp/ainode_select"))
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--n-randomised", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    rows = (
+        [json.loads(line) for line in args.out.read_text().splitlines()]
+        if args.out.exists()
+        else []
+    )
+    done = {(row["weights"], row["series"]) for row in rows}
+    model = load_config(args.config).model
+    for series, make in series_list(args.cases, args.n, args.n_randomised):
+        paths, truth, lesions = make()
+        for item in args.weights:
+            label, path = item.split("=", 1)
+            if (label, series) in done:
+                continue
+            segmenter = Segmenter(model.model_copy(update={"weights": Path(path).resolve()}))
+            row = {"weights": label, "series": series} | run_one(segmenter, paths, truth, lesions)
+            with args.out.open("a") as out:
+                out.write(json.dumps(row) + "\n")
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "lesions"}), flush=True)
+    for item in args.weights:
+        label = item.split("=", 1)[0]
+        for prefix in ("phantom", "randomised", ""):
+            chosen = [r for r in rows if r["weights"] == label and r["series"].startswith(prefix)]
+            if chosen:
+                print(label, prefix or "all", json.dumps(summarise(chosen)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
