@@ -48,19 +48,44 @@ def write_durably(final: Path, data: bytes | Callable[[BinaryIO], None]) -> Path
 def link_durably(source: Path, final: Path) -> Path:
     """Make the file ``source`` durable under the name ``final`` without copying it.
 
-    The file's data is fsynced, a hard link is made in ``final``'s folder under a
-    temporary name and renamed into place, and the folder is fsynced: the same
-    guarantee as :func:`write_durably`, for a file already written (a C-STORE data
-    set spooled as it arrived).  ``source`` keeps its own name, so whoever made it
-    can still remove it.  Across file systems (no hard link possible) the data is
-    copied with :func:`write_durably` instead.
+    The file's data is fsynced (:func:`sync_file`), a hard link is made in
+    ``final``'s folder under a temporary name and renamed into place
+    (:func:`link_into_place`), and the folder is fsynced: the same guarantee as
+    :func:`write_durably`, for a file already written (a C-STORE data set spooled as
+    it arrived).  ``source`` keeps its own name, so whoever made it can still remove
+    it.  Across file systems (no hard link possible) the data is copied with
+    :func:`write_durably` instead.
     """
-    fd = os.open(source, os.O_RDONLY)
+    sync_file(source)
+    link_into_place(source, final)
     try:
-        os.fsync(fd)
+        fsync_directory(final.parent)
+    except OSError:
+        final.unlink(missing_ok=True)  # not acknowledged, so not kept half-durable
+        raise
+    return final
+
+
+def sync_file(path: Path) -> None:
+    """Make a written file owner-only and its data durable (fsync); the first half of
+    :func:`link_durably`, for callers that overlap it with other work."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
         os.fchmod(fd, FILE_MODE)
+        os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def link_into_place(source: Path, final: Path) -> Path:
+    """Give the fsynced file ``source`` the name ``final`` (a hard link under a temporary
+    name, renamed into place), *without* fsyncing the folder.
+
+    The name is durable only once the caller has called :func:`fsync_directory` on
+    ``final.parent``; until then nothing may rely on it, and when that fails the
+    caller removes ``final``.  Across file systems the data is copied with
+    :func:`write_durably` (which fsyncs the folder itself).
+    """
     temporary = final.parent / f".{final.stem}.{secrets.token_hex(6)}{PART_SUFFIX}"
     try:
         os.link(source, temporary)
@@ -68,7 +93,12 @@ def link_durably(source: Path, final: Path) -> Path:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
         return write_durably(final, source.read_bytes())
-    return _publish(temporary, final)
+    try:
+        os.replace(temporary, final)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return final
 
 
 def _publish(temporary: Path, final: Path) -> Path:

@@ -19,6 +19,20 @@ without its file.  Writes of the same SOP Instance UID are serialised by a
 striped lock, so two associations sending the same instance at once store it
 once.  The DIMSE status for each outcome is chosen by the caller
 (:mod:`node.receive`); nothing here knows DIMSE.
+
+The fast path (a data set streamed to a spool file, as the SCP receives them)
+overlaps the waits with the work, without changing what is durable when::
+
+    this thread                              a helper thread
+    fsync the spool file (GIL released)      parse the header
+    checks; link the file under its name
+    index row: BEGIN, statements             fsync the folder (the name)
+    COMMIT only once the folder fsync returned
+
+So the row is committed only after the file's data and name are durable, and
+the outcome is reported after the commit: the order above holds.  The file is
+fsynced even when the header is then refused; nothing names it, and the spool
+file is removed after the C-STORE.
 """
 
 from __future__ import annotations
@@ -26,11 +40,14 @@ from __future__ import annotations
 import enum
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import peewee
 
+from common.durable import sync_file
 from config.errors import InvalidUIDError, StorageError
 from storage.instances import (
     CONFLICT,
@@ -49,6 +66,8 @@ from storage.models import open_thread_connection
 from storage.store import InstanceStore
 
 LOCK_STRIPES = 64
+#: threads that parse headers and fsync folders beside the association threads
+HELPER_THREADS = 8
 
 
 class Result(enum.Enum):
@@ -85,6 +104,7 @@ class Ingest:
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
         self._series_ids: dict[str, int] = {}  # SeriesInstanceUID -> row id, the fast path
         self._studies: dict[str, str] = {}  # SeriesInstanceUID -> its StudyInstanceUID
+        self._helpers = ThreadPoolExecutor(HELPER_THREADS, thread_name_prefix="ingest")
 
     def ingest(
         self,
@@ -94,9 +114,12 @@ class Ingest:
         calling_ae_title: str,
     ) -> IngestOutcome:
         """Store one encoded file (preamble, file meta, dataset as received): its bytes, or
-        the file it was streamed to (copied into the store; read back only as far as needed)."""
+        the file it was streamed to (linked into the store; read back only as far as needed)."""
+        # a spooled file: parsed by a helper while this thread waits for its fsync
+        parsed = self._helpers.submit(_header, data) if isinstance(data, Path) else None
+        synced = _sync(data)
         try:
-            header = _header(data)
+            header = _header(data) if parsed is None else parsed.result()
         except InvalidUIDError as exc:
             return IngestOutcome(Result.INVALID_UID, reason=str(exc))
         except UnreadableDatasetError as exc:
@@ -110,12 +133,17 @@ class Ingest:
         with self._locks[hash(header.sop_instance_uid) % LOCK_STRIPES]:
             try:
                 open_thread_connection()  # kept for the association; closed at its end
-                return self._store(header, relative, data, calling_ae_title)
+                return self._store(header, relative, data, calling_ae_title, synced)
             except peewee.PeeweeException as exc:
                 return IngestOutcome(Result.INDEX_FAILED, reason=f"database error: {exc}")
 
     def _store(
-        self, header: InstanceHeader, relative: Path, data: bytes | Path, calling_ae_title: str
+        self,
+        header: InstanceHeader,
+        relative: Path,
+        data: bytes | Path,
+        calling_ae_title: str,
+        synced: OSError | None,
     ) -> IngestOutcome:
         if is_stored(header.sop_instance_uid):
             duplicate = record_duplicate(header, time.time())
@@ -129,17 +157,45 @@ class Ingest:
             self.store.check_free_space(size)
         except StorageError as exc:
             return IngestOutcome(Result.NO_SPACE, reason=str(exc))
+        if synced is not None:
+            return IngestOutcome(Result.WRITE_FAILED, reason=f"cannot store: {synced}")
         try:
-            self.store.write(relative, data)
+            before_commit = self._write(relative, data)
         except StorageError as exc:
             return IngestOutcome(Result.WRITE_FAILED, reason=str(exc))
         try:
             outcome = record_instance(
-                header, relative, size, calling_ae_title, time.time(), self._series_ids
+                header,
+                relative,
+                size,
+                calling_ae_title,
+                time.time(),
+                self._series_ids,
+                before_commit,
             )
+        except _NameNotDurable as exc:
+            return IngestOutcome(Result.WRITE_FAILED, reason=str(exc.__cause__))
         except StorageError as exc:
             return IngestOutcome(Result.INDEX_FAILED, reason=str(exc))
         return _from_record(outcome)
+
+    def _write(self, relative: Path, data: bytes | Path) -> Callable[[], None] | None:
+        """Put the file under its name; returns what the index must wait for before it
+        commits (the folder's fsync, running meanwhile in a helper), or None when the
+        name is durable already.  Raises StorageError (nothing kept)."""
+        if isinstance(data, bytes):
+            self.store.write(relative, data)
+            return None
+        final = self.store.place(relative, data)  # data fsynced by ingest()
+        named = self._helpers.submit(self.store.sync_name, final)
+
+        def wait_for_name() -> None:
+            try:
+                named.result()
+            except StorageError as exc:
+                raise _NameNotDurable() from exc
+
+        return wait_for_name
 
     def _study_conflict(self, header: InstanceHeader) -> str:
         """Why the instance's series cannot be in its study, or ''."""
@@ -156,6 +212,20 @@ class Ingest:
             f"SeriesInstanceUID {series_uid} is already stored in study {study_uid}, "
             f"not {header.study_instance_uid}"
         )
+
+
+def _sync(data: bytes | Path) -> OSError | None:
+    """fsync a spooled file (nothing to do for bytes); what went wrong, or None."""
+    if isinstance(data, Path):
+        try:
+            sync_file(data)
+        except OSError as exc:
+            return exc
+    return None
+
+
+class _NameNotDurable(Exception):
+    """The folder fsync failed: the index transaction rolls back (the cause says why)."""
 
 
 def _header(data: bytes | Path) -> InstanceHeader:

@@ -1,22 +1,29 @@
 """What the node needs to know about an instance, and recording it in the database.
 
-:class:`InstanceHeader` is read from the encoded bytes with pydicom, stopping
-before the pixel data and reading the few elements it needs from their raw
-bytes, so no value is decoded more than needed and pydicom's value validation
-never sees a hostile UID (we validate UIDs ourselves, in :mod:`storage.store`).
+:class:`InstanceHeader` is read from the encoded bytes by a strict scan
+(:mod:`storage.header_scan`: a plain, well-formed little-endian file, the common
+case) or else with pydicom, which decides and words any refusal; either way only
+the few elements needed are taken, from their raw bytes, so no value is decoded
+more than needed and pydicom's value validation never sees a hostile UID (we
+validate UIDs ourselves, in :mod:`storage.store`).
 
 :func:`record_instance` adds a stored file to the index in one short write
 transaction: it creates the series on its first instance, counts the instance,
 restarts the series' idle timer, and reopens a complete series (superseding its
-queued or running jobs) when a new instance arrives late.
+queued or running jobs) when a new instance arrives late.  The statements of
+that common case are written out (peewee's query building cost more CPU than
+SQLite's work).
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import peewee
 import pydicom
@@ -26,6 +33,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from config.errors import StorageError
 from storage import jobs
+from storage.db import database
+from storage.header_scan import scan
 from storage.models import (
     SERIES_COMPLETE,
     SERIES_RECEIVING,
@@ -66,7 +75,11 @@ class InstanceHeader:
     @classmethod
     def from_bytes(cls, data: bytes) -> InstanceHeader:
         """Parse a DICOM file (preamble + file meta + dataset); raises UnreadableDatasetError
-        or InvalidUIDError (a StorageError too)."""
+        or InvalidUIDError (a StorageError too).  A plain file takes the fast way
+        (:mod:`storage.header_scan`); anything else is read, and judged, by pydicom."""
+        scanned = cls._scanned(data)
+        if scanned is not None:
+            return scanned
         try:
             ds = pydicom.dcmread(BytesIO(data), defer_size=DEFER_SIZE)
             _check_lengths(ds, len(data))
@@ -84,6 +97,9 @@ class InstanceHeader:
         except OSError as exc:
             raise UnreadableDatasetError(f"{path}: {exc.strerror}") from exc
         with handle:
+            scanned = cls._scanned_file(handle)
+            if scanned is not None:
+                return scanned
             try:
                 ds = pydicom.dcmread(handle, defer_size=DEFER_SIZE)
                 _check_lengths(ds, path.stat().st_size)
@@ -96,18 +112,54 @@ class InstanceHeader:
     @classmethod
     def _from_dataset(cls, ds: Dataset) -> InstanceHeader:
         meta = ds.file_meta
+        return cls._from_texts(lambda keyword: _text(meta if keyword == _META else ds, keyword))
+
+    @classmethod
+    def _from_texts(cls, text: Callable[[str], str | None]) -> InstanceHeader:
+        """From each element's text (None when absent), by keyword."""
+
+        def uid(keyword: str) -> str:
+            value = text(keyword)
+            if not value:
+                raise UnreadableDatasetError(f"dataset has no {keyword}")
+            return validate_uid(value, keyword)
+
         return cls(
-            sop_class_uid=_uid(ds, "SOPClassUID"),
-            sop_instance_uid=_uid(ds, "SOPInstanceUID"),
-            study_instance_uid=_uid(ds, "StudyInstanceUID"),
-            series_instance_uid=_uid(ds, "SeriesInstanceUID"),
-            transfer_syntax_uid=_uid(meta, "TransferSyntaxUID"),
-            modality=(_text(ds, "Modality") or "")[:16],
-            instance_number=_integer(ds, "InstanceNumber"),
-            acquisition_number=_integer(ds, "AcquisitionNumber"),
-            images_in_acquisition=_integer(ds, "ImagesInAcquisition"),
-            number_of_frames=_integer(ds, "NumberOfFrames"),
+            sop_class_uid=uid("SOPClassUID"),
+            sop_instance_uid=uid("SOPInstanceUID"),
+            study_instance_uid=uid("StudyInstanceUID"),
+            series_instance_uid=uid("SeriesInstanceUID"),
+            transfer_syntax_uid=uid(_META),
+            modality=(text("Modality") or "")[:16],
+            instance_number=_integer(text("InstanceNumber")),
+            acquisition_number=_integer(text("AcquisitionNumber")),
+            images_in_acquisition=_integer(text("ImagesInAcquisition")),
+            number_of_frames=_integer(text("NumberOfFrames")),
         )
+
+    @classmethod
+    def _scanned(cls, data: bytes | mmap.mmap) -> InstanceHeader | None:
+        """The header by :func:`storage.header_scan.scan`, or None: pydicom then reads the
+        file again, decides and words the refusal (the scan never refuses anything)."""
+        values = scan(data)
+        if values is None:
+            return None
+        try:
+            return cls._from_texts(lambda keyword: _decoded(values.get(keyword)))
+        except StorageError:
+            return None
+
+    @classmethod
+    def _scanned_file(cls, handle: BinaryIO) -> InstanceHeader | None:
+        try:
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                return cls._scanned(view)
+        except (OSError, ValueError, BufferError):  # e.g. an empty file: pydicom says why
+            return None
+
+
+#: the one element read from the file meta
+_META = "TransferSyntaxUID"
 
 
 DEFER_SIZE = 1024 * 1024
@@ -163,14 +215,6 @@ def _check_lengths(ds: Dataset, size: int) -> None:
             )
 
 
-def _uid(ds: Dataset, keyword: str) -> str:
-    """A required UID: UnreadableDatasetError when absent, InvalidUIDError when not valid."""
-    text = _text(ds, keyword)
-    if not text:
-        raise UnreadableDatasetError(f"dataset has no {keyword}")
-    return validate_uid(text, keyword)
-
-
 def _text(ds: Dataset, keyword: str) -> str | None:
     """The value of a single-valued text element, from its raw bytes when not yet decoded."""
     if keyword not in ds:
@@ -178,16 +222,20 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     element = ds.get_item(keyword)
     value = element.value
     if isinstance(value, bytes):
-        text = value.decode("ascii", errors="replace")
-    elif value is None:
+        return _decoded(value)
+    if value is None:
         return None
-    else:
-        text = str(value)
-    return text.strip("\x00 ")
+    return str(value).strip("\x00 ")
 
 
-def _integer(ds: Dataset, keyword: str) -> int | None:
-    text = _text(ds, keyword)
+def _decoded(value: bytes | None) -> str | None:
+    """A raw text value as the node reads it: ASCII (anything else replaced), padding removed."""
+    if value is None:
+        return None
+    return value.decode("ascii", errors="replace").strip("\x00 ")
+
+
+def _integer(text: str | None) -> int | None:
     if not text:
         return None
     try:
@@ -220,11 +268,33 @@ def series_study(series_instance_uid: str) -> str | None:
     return None if row is None else str(row.study_instance_uid)
 
 
+# The three statements of every received instance, written out: peewee builds the same
+# SQL for each call from its query objects, which cost more CPU than SQLite's work
+# (tests/node/test_node_receive_fast.py checks them against the models).
+_IS_STORED_SQL = 'SELECT 1 FROM "received_instance" WHERE "sop_instance_uid" = ? LIMIT 1'
+_INSERT_INSTANCE_SQL = (
+    'INSERT INTO "received_instance" ("sop_instance_uid", "sop_class_uid", "series_id", '
+    '"transfer_syntax_uid", "path", "size", "received_at", "calling_ae_title", '
+    '"instance_number", "acquisition_number", "images_in_acquisition", "number_of_frames") '
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_COUNT_IN_RECEIVING_SERIES_SQL = (
+    'UPDATE "received_series" SET "instance_count" = "instance_count" + 1, '
+    '"last_received_at" = ?, "idle_since" = ?, '
+    '"calling_ae_title" = COALESCE(NULLIF(?, \'\'), "calling_ae_title") '
+    'WHERE "id" = ? AND "series_instance_uid" = ? AND "state" = ?'
+)
+
+
+def _execute(sql: str, params: tuple[object, ...]) -> Any:
+    """Run one of the statements above (``?`` placeholders, the database's own style)."""
+    if database.param != "?":
+        sql = sql.replace("?", database.param)
+    return database.execute_sql(sql, params)
+
+
 def is_stored(sop_instance_uid: str) -> bool:
-    query = ReceivedInstance.select(ReceivedInstance.id).where(
-        ReceivedInstance.sop_instance_uid == sop_instance_uid
-    )
-    return bool(query.exists())
+    return _execute(_IS_STORED_SQL, (sop_instance_uid,)).fetchone() is not None
 
 
 def record_instance(
@@ -234,30 +304,39 @@ def record_instance(
     calling_ae_title: str,
     now: float,
     series_ids: dict[str, int] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> RecordOutcome:
     """Index one durably stored instance; one write transaction.
 
     ``series_ids`` (SeriesInstanceUID -> row id, owned by the caller) lets the
     common case -- one more instance of a series still receiving -- take two
     statements.  An instance already stored (unique SOPInstanceUID) is a duplicate.
+    ``before_commit`` runs inside the transaction, after the statements: the
+    transaction commits only if it returns (what it raises rolls it back and
+    propagates) -- :mod:`storage.ingest` waits there for the file's name to be durable.
     """
     try:
         with write_transaction():
             series_id, reopened = _count_in_series(header, calling_ae_title, now, series_ids)
-            ReceivedInstance.insert(
-                sop_instance_uid=header.sop_instance_uid,
-                sop_class_uid=header.sop_class_uid,
-                series=series_id,
-                transfer_syntax_uid=header.transfer_syntax_uid,
-                path=relative_path.as_posix(),
-                size=size,
-                received_at=now,
-                calling_ae_title=calling_ae_title,
-                instance_number=header.instance_number,
-                acquisition_number=header.acquisition_number,
-                images_in_acquisition=header.images_in_acquisition,
-                number_of_frames=header.number_of_frames,
-            ).execute()
+            _execute(
+                _INSERT_INSTANCE_SQL,
+                (
+                    header.sop_instance_uid,
+                    header.sop_class_uid,
+                    series_id,
+                    header.transfer_syntax_uid,
+                    relative_path.as_posix(),
+                    size,
+                    now,
+                    calling_ae_title,
+                    header.instance_number,
+                    header.acquisition_number,
+                    header.images_in_acquisition,
+                    header.number_of_frames,
+                ),
+            )
+            if before_commit is not None:
+                before_commit()
     except peewee.IntegrityError as exc:  # rolled back: stored meanwhile, or worse
         duplicate = record_duplicate(header, now)
         if duplicate is None:
@@ -306,23 +385,8 @@ def _count_in_series(
     """Inside the transaction: count the instance in its series; (series id, reopened)."""
     cached = None if series_ids is None else series_ids.get(header.series_instance_uid)
     if cached is not None:
-        update: dict[peewee.Field, object] = {
-            ReceivedSeries.instance_count: ReceivedSeries.instance_count + 1,
-            ReceivedSeries.last_received_at: now,
-            ReceivedSeries.idle_since: now,
-        }
-        if calling_ae_title:
-            update[ReceivedSeries.calling_ae_title] = calling_ae_title
-        updated = (
-            ReceivedSeries.update(update)
-            .where(
-                (ReceivedSeries.id == cached)
-                & (ReceivedSeries.series_instance_uid == header.series_instance_uid)
-                & (ReceivedSeries.state == SERIES_RECEIVING)
-            )
-            .execute()
-        )
-        if updated == 1:
+        params = (now, now, calling_ae_title, cached, header.series_instance_uid, SERIES_RECEIVING)
+        if _execute(_COUNT_IN_RECEIVING_SERIES_SQL, params).rowcount == 1:
             return cached, False
     series, reopened = _series_for(header, calling_ae_title, now)
     ReceivedSeries.update(instance_count=ReceivedSeries.instance_count + 1).where(

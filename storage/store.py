@@ -20,7 +20,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from common.durable import PART_SUFFIX, link_durably, make_dirs_durably, write_durably
+from common.durable import (
+    PART_SUFFIX,
+    fsync_directory,
+    link_durably,
+    link_into_place,
+    make_dirs_durably,
+    write_durably,
+)
 from config.errors import InvalidUIDError, StorageError
 
 LOGGER = logging.getLogger(__name__)
@@ -97,6 +104,27 @@ class InstanceStore:
         except OSError as exc:
             raise StorageError(f"cannot store {relative.name}: {exc.strerror or exc}") from exc
         return final
+
+    def place(self, relative: Path, synced: Path) -> Path:
+        """:meth:`write` in two halves, for a file already fsynced (``common.durable.sync_file``):
+        link it at ``data_dir / relative``; the name is durable only after :meth:`sync_name`.
+        Raises StorageError (nothing left under the name)."""
+        final = self.data_dir / relative
+        try:
+            self._ensure_dir(final.parent)
+            link_into_place(synced, final)
+        except OSError as exc:
+            raise StorageError(f"cannot store {relative.name}: {exc.strerror or exc}") from exc
+        return final
+
+    def sync_name(self, final: Path) -> None:
+        """The second half: fsync the folder of a :meth:`place`d file, so its name survives a
+        power loss; on failure the file is removed and StorageError raised."""
+        try:
+            fsync_directory(final.parent)
+        except OSError as exc:
+            final.unlink(missing_ok=True)  # not acknowledged, so not kept half-durable
+            raise StorageError(f"cannot store {final.name}: {exc.strerror or exc}") from exc
 
     def exists(self, relative: Path) -> bool:
         return (self.data_dir / relative).is_file()
