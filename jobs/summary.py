@@ -49,17 +49,17 @@ def _describe(path: Path) -> dict[str, Any]:
     try:
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array
-    except Exception as exc:  # pydicom and its decoders raise many kinds
+        # the values too: an IS of "abc" raises only when converted
+        return {
+            "sop_instance_uid": str(ds.SOPInstanceUID),
+            "sop_class_uid": str(ds.SOPClassUID),
+            "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID),
+            "instance_number": int(ds.InstanceNumber) if "InstanceNumber" in ds else None,
+            "frames": int(getattr(ds, "NumberOfFrames", 1) or 1),
+            "rows": int(ds.Rows),
+            "columns": int(ds.Columns),
+            "pixel_min": float(pixels.min()),
+            "pixel_max": float(pixels.max()),
+        }
+    except Exception as exc:  # pydicom, its decoders and the value conversions raise many kinds
         raise StorageError(f"instance {path.name} cannot be read: {exc}") from exc
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    return {
-        "sop_instance_uid": str(ds.SOPInstanceUID),
-        "sop_class_uid": str(ds.SOPClassUID),
-        "transfer_syntax_uid": str(ds.file_meta.TransferSyntaxUID),
-        "instance_number": int(ds.InstanceNumber) if "InstanceNumber" in ds else None,
-        "frames": frames,
-        "rows": int(ds.Rows),
-        "columns": int(ds.Columns),
-        "pixel_min": float(pixels.min()),
-        "pixel_max": float(pixels.max()),
-    }

@@ -87,6 +87,25 @@ def test_unreadable_instance_fails_the_job_with_a_reason(node_factory, tools, tm
     assert job.reason.startswith(f"instance {victim.name} cannot be read")
 
 
+def test_an_unconvertible_value_fails_the_job_with_a_reason(node_factory, tools, tmp_path) -> None:
+    """InstanceNumber "abc" parses but cannot be converted: a reason, not a worker traceback."""
+    node = node_factory()
+    series_uid = _queued_series(node, tools, tmp_path)
+    victim = next((node.config.data_dir / "instances").rglob("*.dcm"))
+    ds = pydicom.dcmread(victim)
+    ds.InstanceNumber = 77
+    ds.save_as(victim, enforce_file_format=True)
+    good = b"\x20\x00\x13\x00IS\x02\x0077"  # explicit VR little endian, as stored
+    data = victim.read_bytes()
+    assert data.count(good) == 1
+    victim.write_bytes(data.replace(good, b"\x20\x00\x13\x00IS\x04\x00abc "))
+    _run_one(node.config)
+    (job,) = tools.jobs_of(series_uid)
+    assert job.state == "failed"
+    assert job.reason.startswith(f"instance {victim.name} cannot be read")
+    assert "abc" in job.reason
+
+
 @pytest.mark.parametrize(
     ("task", "reason"),
     [
