@@ -139,16 +139,22 @@ def _wait_until_ready(address: Address, process: subprocess.Popen[bytes], timeou
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = 5.0
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise NodeError(f"ai-node serve exited with status {process.returncode}")
-        assoc = ae.associate(address.host, address.port, ae_title=address.ae_title)
-        if assoc.is_established:
-            status = assoc.send_c_echo()
-            assoc.release()
-            if status and int(status.Status) == 0x0000:
-                return
-        time.sleep(0.5)
+    quiet = logging.getLogger("pynetdicom")  # "connection refused" is expected until it listens
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise NodeError(f"ai-node serve exited with status {process.returncode}")
+            assoc = ae.associate(address.host, address.port, ae_title=address.ae_title)
+            if assoc.is_established:
+                status = assoc.send_c_echo()
+                assoc.release()
+                if status and int(status.Status) == 0x0000:
+                    return
+            time.sleep(0.5)
+    finally:
+        quiet.setLevel(level)
     raise NodeError(
         f"ai-node serve did not answer C-ECHO on port {address.port} in {timeout:.0f} s"
     )
