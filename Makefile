@@ -55,7 +55,7 @@ stress: $(STAMP) debian-deps
 
 # issue 10: one synthetic patient, three studies with head motion, through a node it starts
 # (the shipped demo model, a temporary data_dir); prints tracks, RANO-BM and the truth, writes
-# demo_report.html (about 10 minutes of CPU)
+# demo_report.html (about 8 minutes on 2 cores)
 demo: $(STAMP)
 	$(BIN)/ai-node demo --config ae_config.yaml --output demo_report.html
 
