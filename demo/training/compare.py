@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-randomised", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--summary-only", action="store_true", help="only summarise the rows already in --out"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     done = {(row["weights"], row["series"]) for row in rows}
     model = load_config(args.config).model
-    for series, make in series_list(args.cases, args.n, args.n_randomised):
+    todo = [] if args.summary_only else series_list(args.cases, args.n, args.n_randomised)
+    for series, make in todo:
         paths, truth, lesions = make()
         for item in args.weights:
             label, path = item.split("=", 1)
@@ -101,13 +105,27 @@ def main(argv: list[str] | None = None) -> int:
                 out.write(json.dumps(row) + "\n")
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "lesions"}), flush=True)
-    for item in args.weights:
-        label = item.split("=", 1)[0]
-        for prefix in ("phantom", "randomised", ""):
-            chosen = [r for r in rows if r["weights"] == label and r["series"].startswith(prefix)]
-            if chosen:
-                print(label, prefix or "all", json.dumps(summarise(chosen)))
+    labels = [item.split("=", 1)[0] for item in args.weights]
+    print(json.dumps(summaries(rows, labels), indent=1))
     return 0
+
+
+def summaries(rows: list[dict], labels: list[str]) -> dict:
+    """Per weights and set (phantom, randomised, all): the summary over the series that every
+    one of ``labels`` has run (the first row of each pair; a failed job misses every lesion)."""
+    first: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        first.setdefault((row["weights"], row["series"]), row)
+    common = set.intersection(*({s for w, s in first if w == label} for label in labels))
+    out: dict = {}
+    for label in labels:
+        for prefix in ("phantom", "randomised", ""):
+            chosen = [first[label, s] for s in sorted(common) if s.startswith(prefix)]
+            if chosen:
+                out[f"{label} {prefix or 'all'}"] = summarise(chosen) | {
+                    "failed": sum("error" in row for row in chosen)
+                }
+    return out
 
 
 if __name__ == "__main__":
