@@ -17,11 +17,11 @@ through a random *series*:
 - intensities scaled so the configured percentiles of the whole field of view (drawn
   coarsely, with its noise) map to 0..1, without clipping, as ``inference/preprocess.py`` does.
 
-Crops: ``CropSettings.lesion_fraction`` of them centred near a lesion (when there is one),
-then hard negatives, 20 % around a distractor (falx, sinus, vessel, choroid plexus,
-pituitary, orbit) and 10 % in the background or outside the head, and the rest anywhere in
-the head.  Hard negatives never hold a lesion: the lesions that could reach them are taken
-out of the subject for that crop.
+Crops: ``CropSettings.lesion_fraction`` of them (0.65 by default) centred near a lesion when
+the subject has one (85 % do); of the others, 45 % are hard negatives around a distractor
+(falx, sinus, vessel, choroid plexus, pituitary, orbit), 20 % hard negatives in the
+background or outside the head, and 35 % anywhere in the head.  Hard negatives never hold a
+lesion: the lesions that could reach them are taken out of the subject for that crop.
 """
 
 from __future__ import annotations
