@@ -5,7 +5,7 @@ In the manner of SynthSeg (Billot et al. 2023), the anatomy is a set of label ma
 subject:
 
 - anatomy: rotation +-25 deg about each axis, scale 0.85-1.15 per axis, shift +-15 mm,
-  and a smooth random displacement field (control points 65 mm apart, up to 5 mm);
+  and a smooth random displacement field (control points 75 mm apart, s.d. up to 2.5 mm);
 - skull and scalp in 65 % of subjects, layer thicknesses random; the rest are
   skull-stripped at a random level of the brain probability (a loose or tight mask);
 - tissue means: 60 % T1-like (white matter brightest, grey 0.5-0.9, CSF 0.02-0.4 of it),
