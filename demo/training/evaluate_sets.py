@@ -1,6 +1,7 @@
 """Evaluation that can fail: the whole pipeline on four sets, before and after the brain mask.
 
-    python -m demo.training.evaluate_sets --cases /tmp/ainode_sets --out models/demo_unetr/evaluation_sets.json
+    python -m demo.training.evaluate_sets --cases /tmp/ainode_sets --n 8 --n-free 8 --modes after \
+        --out models/demo_unetr/evaluation_sets.json
 
 Sets (seeds never used for training, tuning or the 30-series held-out evaluation):
 
