@@ -58,12 +58,7 @@ def link_durably(source: Path, final: Path) -> Path:
     """
     sync_file(source)
     link_into_place(source, final)
-    try:
-        fsync_directory(final.parent)
-    except OSError:
-        final.unlink(missing_ok=True)  # not acknowledged, so not kept half-durable
-        raise
-    return final
+    return sync_name(final)
 
 
 def sync_file(path: Path) -> None:
@@ -108,10 +103,16 @@ def _publish(temporary: Path, final: Path) -> Path:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    return sync_name(final)
+
+
+def sync_name(final: Path) -> Path:
+    """Make ``final``'s name durable (fsync its folder); on failure the file is removed, since
+    what was not acknowledged is not kept half-durable.  Raises OSError."""
     try:
         fsync_directory(final.parent)
     except OSError:
-        final.unlink(missing_ok=True)  # not acknowledged, so not kept half-durable
+        final.unlink(missing_ok=True)
         raise
     return final
 
