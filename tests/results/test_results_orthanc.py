@@ -86,6 +86,24 @@ def _status(node: NodeProcess) -> dict[str, Any]:
     return dict(json.loads(done.stdout))
 
 
+def _send_and_wait(
+    node: NodeProcess,
+    orthanc: Orthanc,
+    paths: list[Path],
+    study_uid: str,
+    modalities: set[str],
+    timeout: float,
+) -> dict[str, Any]:
+    """storescu the series to Orthanc (which routes it to the node); wait until the study holds
+    ``modalities``; on a timeout print the node's log before raising."""
+    storescu(paths, "ORTHANC", orthanc.dicom_port)
+    try:
+        return orthanc.wait_for_modalities(study_uid, modalities, timeout=timeout)
+    except TimeoutError:
+        print(node.log()[-4000:])
+        raise
+
+
 def test_routing_round_trip(tmp_path: Path) -> None:
     node_port_holder = free_port()
     paths, result = build_case(tmp_path / "case", patient_id="ROUTE1")
@@ -102,14 +120,7 @@ def test_routing_round_trip(tmp_path: Path) -> None:
         )
         settings["port"] = node_port_holder
         with NodeProcess(tmp_path / "node", settings) as node:
-            storescu(paths, "ORTHANC", orthanc.dicom_port)
-            try:
-                found = orthanc.wait_for_modalities(
-                    study_uid, {"MR", "RTSTRUCT", "SR"}, timeout=180
-                )
-            except TimeoutError:
-                print(node.log()[-4000:])
-                raise
+            found = _send_and_wait(node, orthanc, paths, study_uid, {"MR", "RTSTRUCT", "SR"}, 180)
             rtstruct = pydicom.dcmread(io.BytesIO(orthanc.instance_file(found["RTSTRUCT"])))
             assert rtstruct.StudyInstanceUID == study_uid
             study_ref = rtstruct.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
@@ -138,14 +149,7 @@ def test_follow_up_report_reaches_orthanc_as_an_encapsulated_pdf(tmp_path: Path)
         )
         settings["port"] = node_port
         with NodeProcess(tmp_path / "node", settings) as node:
-            storescu(paths, "ORTHANC", orthanc.dicom_port)
-            try:
-                found = orthanc.wait_for_modalities(
-                    study_uid, {"MR", "RTSTRUCT", "DOC"}, timeout=180
-                )
-            except TimeoutError:
-                print(node.log()[-4000:])
-                raise
+            found = _send_and_wait(node, orthanc, paths, study_uid, {"MR", "RTSTRUCT", "DOC"}, 180)
             (instance,) = found["DOC"]["Instances"]
             sop_class = orthanc.get(f"/instances/{instance}/metadata/SopClassUid")
             assert sop_class == b"1.2.840.10008.5.1.4.1.1.104.1"  # Encapsulated PDF Storage
@@ -189,14 +193,14 @@ def test_demo_model_contours_land_on_the_lesions(tmp_path: Path) -> None:
         default = yaml_model_section()
         settings["model"] = {**default, "weights": str(DEMO_WEIGHTS)}
         with NodeProcess(tmp_path / "node", settings) as node:
-            storescu(truth.dicom_paths, "ORTHANC", orthanc.dicom_port)
-            try:
-                found = orthanc.wait_for_modalities(
-                    header.StudyInstanceUID, {"RTSTRUCT", "SEG", "SR"}, 600
-                )
-            except TimeoutError:
-                print(node.log()[-4000:])
-                raise
+            found = _send_and_wait(
+                node,
+                orthanc,
+                truth.dicom_paths,
+                header.StudyInstanceUID,
+                {"RTSTRUCT", "SEG", "SR"},
+                600,
+            )
             rtstruct = pydicom.dcmread(io.BytesIO(orthanc.instance_file(found["RTSTRUCT"])))
             volume = load_series(truth.dicom_paths)
             rois = [int(r.ROINumber) for r in rtstruct.StructureSetROISequence]
