@@ -43,7 +43,7 @@ from scipy import ndimage
 from config.errors import InferenceError
 from config.schema import BrainMask
 from inference.preprocess import KEY, LPS_TO_RAS, RAS_LABELS, resample_to_grid, to_metatensor
-from inference.types import Volume
+from inference.types import Box, Volume
 
 LOGGER = logging.getLogger(__name__)
 
@@ -65,11 +65,12 @@ class BrainRegion:
     volume_ml: float
     margin_mm: float
     truncated: bool  # the mask reaches the edge of the field of view
+    support: Box | None = None  # the box of outside_mm holding distances; FAR_MM elsewhere
 
     def inside(self, affine_lps: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """Voxels of a grid within ``margin_mm`` of the brain (bool, ``shape``)."""
         distance = resample_to_grid(
-            self.outside_mm, self.affine_lps, affine_lps, shape[:3], cval=FAR_MM
+            self.outside_mm, self.affine_lps, affine_lps, shape[:3], FAR_MM, self.support
         )
         return distance <= self.margin_mm + 1e-3
 
@@ -87,8 +88,9 @@ def brain_grid(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(image[0], dtype=np.float32), affine_lps
 
 
-def distance_outside(mask: np.ndarray, limit_mm: float) -> np.ndarray:
-    """Distance (mm, 1 mm voxels) from each voxel to the mask; computed near the mask only."""
+def distance_outside(mask: np.ndarray, limit_mm: float) -> tuple[np.ndarray, Box]:
+    """Distance (mm, 1 mm voxels) from each voxel to the mask, computed near the mask only:
+    ``(distances, the box where they were computed)``; ``FAR_MM`` outside the box."""
     out = np.full(mask.shape, FAR_MM, np.float32)
     where = np.argwhere(mask)
     pad = int(np.ceil(limit_mm)) + 2
@@ -96,7 +98,7 @@ def distance_outside(mask: np.ndarray, limit_mm: float) -> np.ndarray:
     high = np.minimum(where.max(0) + pad + 1, mask.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
     out[box] = ndimage.distance_transform_edt(~mask[box]).astype(np.float32)
-    return out
+    return out, box  # type: ignore[return-value]
 
 
 def touches_edge(mask: np.ndarray) -> bool:
@@ -144,12 +146,9 @@ class BrainExtractor:
         truncated = touches_edge(mask)
         self.check_volume(volume_ml, truncated, volume)
         self.check_contrast(array, mask)
+        distance, support = distance_outside(mask, self.config.margin_mm)
         return BrainRegion(
-            distance_outside(mask, self.config.margin_mm),
-            affine_lps,
-            round(volume_ml, 1),
-            self.config.margin_mm,
-            truncated,
+            distance, affine_lps, round(volume_ml, 1), self.config.margin_mm, truncated, support
         )
 
     def check_volume(self, volume_ml: float, truncated: bool, volume: Volume) -> None:

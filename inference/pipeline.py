@@ -39,7 +39,7 @@ from inference.brain_mask import BrainExtractor, BrainMaskError, BrainRegion
 from inference.lesions import find_lesions
 from inference.model import load_model
 from inference.preprocess import model_affine_lps, preprocess, to_source_grid
-from inference.types import Lesion, ModelProvenance, SegmentationResult, Volume
+from inference.types import Box, Lesion, ModelProvenance, SegmentationResult, Volume
 from inference.volume import load_series
 
 LOGGER = logging.getLogger(__name__)
@@ -139,10 +139,10 @@ class Segmenter:
         image = preprocess(volume, self.config.preprocessing)
         timings["preprocess"] = time.perf_counter() - start
         start = time.perf_counter()
-        margin = self.margin_map(image, brain)
+        margin, box = self.margin_map(image, brain)
         timings["sliding_window"] = time.perf_counter() - start
         start = time.perf_counter()
-        labels, lesions = self.postprocess(margin, model_affine_lps(image), volume, brain)
+        labels, lesions = self.postprocess(margin, model_affine_lps(image), volume, brain, box)
         timings["postprocess"] = time.perf_counter() - start
         LOGGER.info(
             "series %s: %d lesion(s)%s; %s",
@@ -153,21 +153,22 @@ class Segmenter:
         )
         return SegmentationResult(volume, labels, lesions, self.provenance, timings)
 
-    def margin_map(self, image: MetaTensor, brain: BrainRegion | None = None) -> np.ndarray:
-        """The decision margin on the model grid; with a brain mask, windows cover only its box.
+    def margin_map(
+        self, image: MetaTensor, brain: BrainRegion | None = None
+    ) -> tuple[np.ndarray, Box | None]:
+        """The decision margin on the model grid and the box the windows covered.
 
-        Outside the box the margin is -1 (no lesion).
+        With a brain mask, windows cover only its box (:meth:`window_box`); outside
+        it the margin is -1 (no lesion).  Without one the box is None (everywhere).
         """
         box = self.window_box(image, brain)
         if box is None:
-            return self.margin(self.sliding_window(image))
+            return self.margin(self.sliding_window(image)), None
         margin = np.full(tuple(image.shape[1:]), -1.0, np.float32)
         margin[box] = self.margin(self.sliding_window(image[(slice(None), *box)]))
-        return margin
+        return margin, box
 
-    def window_box(
-        self, image: MetaTensor, brain: BrainRegion | None
-    ) -> tuple[slice, slice, slice] | None:
+    def window_box(self, image: MetaTensor, brain: BrainRegion | None) -> Box | None:
         """The model-grid box around the grown brain mask (plus ``CROP_PAD_VOXELS``), or None."""
         if brain is None or not self.config.brain_mask.crop_sliding_window:
             return None
@@ -214,10 +215,11 @@ class Segmenter:
         extractor = self.brain_extractor()
         brain = extractor.extract(volume) if extractor is not None else None
         image = preprocess(volume, self.config.preprocessing)
-        box = self.window_box(image, brain) or (slice(None),) * 3
+        support = self.window_box(image, brain)
+        box = support or (slice(None),) * 3
         probability = np.zeros(tuple(image.shape[1:]), np.float32)
         probability[box] = self.probability(self.sliding_window(image[(slice(None), *box)]))
-        out = to_source_grid(probability, model_affine_lps(image), volume, cval=0.0)
+        out = to_source_grid(probability, model_affine_lps(image), volume, 0.0, support)
         if brain is not None:
             out[~brain.inside(volume.affine_lps, volume.array.shape)] = 0.0
         return out
@@ -243,14 +245,17 @@ class Segmenter:
         model_lps: np.ndarray,
         volume: Volume,
         brain: BrainRegion | None = None,
+        box: Box | None = None,
     ) -> tuple[np.ndarray, list[Lesion]]:
         """Labels and lesions on the source grid from the margin on the model grid.
 
         With a brain mask, components mostly outside the grown mask are dropped and
-        the rest clipped to it (``model.brain_mask.min_inside_fraction``).
+        the rest clipped to it (``model.brain_mask.min_inside_fraction``).  ``box``:
+        where the windows ran (-1 elsewhere), so only source voxels that see it
+        are resampled.
         """
         post = self.config.postprocessing
-        margin = to_source_grid(margin_model, model_lps, volume, cval=-1.0)
+        margin = to_source_grid(margin_model, model_lps, volume, cval=-1.0, support=box)
         region = None
         if brain is not None:
             region = brain.inside(volume.affine_lps, volume.array.shape)

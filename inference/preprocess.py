@@ -12,6 +12,7 @@ the source voxels by exact trilinear resampling through the two affines.
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
@@ -21,7 +22,7 @@ from monai.data import MetaTensor
 from scipy import ndimage
 
 from config.schema import Preprocessing
-from inference.types import Volume
+from inference.types import Box, Volume
 
 LOGGER = logging.getLogger(__name__)
 
@@ -96,14 +97,22 @@ def model_affine_lps(image: MetaTensor) -> np.ndarray:
 
 
 def to_source_grid(
-    model_map: np.ndarray, model_lps: np.ndarray, volume: Volume, cval: float
+    model_map: np.ndarray,
+    model_lps: np.ndarray,
+    volume: Volume,
+    cval: float,
+    support: Box | None = None,
 ) -> np.ndarray:
     """Resample a map on the model grid back to the source voxels (trilinear, exact geometry).
 
     Equivalent to MONAI ``Invertd`` on the Spacing/Orientation trace, done in chunks
     of source slices so a 512x512x300 series stays within a small memory budget.
+    ``support``: the box of ``model_map`` outside which it holds ``cval`` (see
+    :func:`resample_to_grid`).
     """
-    return resample_to_grid(model_map, model_lps, volume.affine_lps, volume.array.shape, cval)
+    return resample_to_grid(
+        model_map, model_lps, volume.affine_lps, volume.array.shape, cval, support
+    )
 
 
 def resample_to_grid(
@@ -112,15 +121,30 @@ def resample_to_grid(
     target_lps: np.ndarray,
     shape: tuple[int, ...],
     cval: float,
+    support: Box | None = None,
 ) -> np.ndarray:
-    """``array`` (on the grid ``array_lps``) sampled trilinearly at every voxel of a target grid."""
+    """``array`` (on the grid ``array_lps``) sampled trilinearly at every voxel of a target grid.
+
+    With ``support`` (a box of ``array`` outside which every value is ``cval``), only
+    the target voxels that can see into the box are interpolated; the others are
+    ``cval``, which is exactly what interpolating them would give.
+    """
     target_to_array = np.linalg.inv(array_lps) @ target_lps
     shape = tuple(int(n) for n in shape[:3])
-    out = np.empty(shape, np.float32)
-    per_chunk = max(1, CHUNK_VOXELS // (shape[0] * shape[1]))
-    i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
-    for k0 in range(0, shape[2], per_chunk):
-        ks = np.arange(k0, min(shape[2], k0 + per_chunk))
+    out = np.full(shape, cval, np.float32)
+    block = (
+        tuple(slice(0, n) for n in shape)
+        if support is None
+        else target_block(support, np.linalg.inv(target_to_array), shape)
+    )
+    if any(b.stop <= b.start for b in block):
+        return out
+    origin = np.array([b.start for b in block], np.float64)
+    size = tuple(b.stop - b.start for b in block)
+    per_chunk = max(1, CHUNK_VOXELS // (size[0] * size[1]))
+    i, j = np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing="ij")
+    for k0 in range(0, size[2], per_chunk):
+        ks = np.arange(k0, min(size[2], k0 + per_chunk))
         ijk = (
             np.stack(
                 [
@@ -131,8 +155,25 @@ def resample_to_grid(
             )
             .reshape(3, -1)
             .astype(np.float64)
-        )
+        ) + origin[:, None]
         coords = target_to_array[:3, :3] @ ijk + target_to_array[:3, 3:4]
         values = ndimage.map_coordinates(array, coords, order=1, mode="constant", cval=cval)
-        out[:, :, ks] = values.reshape(shape[0], shape[1], len(ks))
+        out[block][:, :, ks] = values.reshape(size[0], size[1], len(ks))
     return out
+
+
+def target_block(support: Box, array_to_target: np.ndarray, shape: tuple[int, ...]) -> Box:
+    """The box of target voxels whose trilinear neighbours can lie in ``support``.
+
+    A target voxel reads array voxels ``floor(c)`` and ``floor(c) + 1`` of its array
+    coordinate ``c`` on each axis, so it sees the box ``[start, stop)`` only when
+    ``start - 1 < c < stop``; the corners of that widened box, mapped to the
+    target grid, bound every such voxel (an affine map sends a box to a
+    parallelepiped inside its corners' bounding box).
+    """
+    edges = [(s.start - 1.0, float(s.stop)) for s in support]
+    corners = np.array(list(itertools.product(*edges)), np.float64)
+    mapped = corners @ array_to_target[:3, :3].T + array_to_target[:3, 3]
+    low = np.maximum(np.floor(mapped.min(0)) - 1, 0).astype(int)
+    high = np.minimum(np.ceil(mapped.max(0)) + 2, shape[:3]).astype(int)
+    return tuple(slice(int(a), int(max(a, b))) for a, b in zip(low, high, strict=True))  # type: ignore[return-value]

@@ -17,7 +17,10 @@ import numpy as np
 
 from common.types import Lesion, ModelProvenance
 
-__all__ = ["Lesion", "ModelProvenance", "SegmentationResult", "SourceSlice", "Volume"]
+#: a box of voxels on a grid: one slice per axis (i, j, k)
+Box = tuple[slice, slice, slice]
+
+__all__ = ["Box", "Lesion", "ModelProvenance", "SegmentationResult", "SourceSlice", "Volume"]
 
 
 @dataclass(frozen=True)
