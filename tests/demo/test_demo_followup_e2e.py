@@ -1,8 +1,10 @@
 """``ai-node demo`` end to end with the shipped demo model: the issue's "done when".
 
 The demo draws its patient (three studies, the head moved, lesions that shrink,
-grow, vanish and appear), starts ``ai-node serve``, sends the studies, waits for
-each job and summarises the follow-up record.  Every check compares the node
+grow, vanish and appear), sends the studies to a node that is already running
+(``ai-node demo AE@HOST:PORT --data-dir DIR``: this module starts ``ai-node serve``
+first, as a site would have it running; the demo's own "start one" path runs the
+same :class:`LocalNode`), waits for each job and summarises the follow-up record.  Every check compares the node
 with the generator's truth (:mod:`demo.followup.timepoints`), never with the
 figures of an earlier run:
 
@@ -26,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from demo.followup.compare import found_at, match_patient, node_responses
-from demo.followup.run import DemoResult, run_demo
+from demo.followup.run import DemoResult, LocalNode, main, run_demo
 from demo.followup.timepoints import implied_responses
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,11 +41,25 @@ TOLERANCE = 0.10  # longest diameter, relative to the truth
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
     root = tmp_path_factory.mktemp("demo")
+    (root / "node").mkdir()
     printed = io.StringIO()
-    try:
-        return run_demo(root / "work", root / "report.html", REPO / "ae_config.yaml", out=printed)
-    finally:
-        print(printed.getvalue())  # the tables, shown when a check fails
+    with LocalNode(root / "node", REPO / "ae_config.yaml") as node:
+        try:
+            return run_demo(
+                root / "work",
+                root / "report.html",
+                node.config_path,
+                peer=node.address,
+                data_dir=Path(node.settings["data_dir"]),
+                out=printed,
+            )
+        finally:
+            print(printed.getvalue())  # the tables, shown when a check fails
+
+
+def test_a_peer_that_is_not_an_address_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["NODE@localhost"]) == 2
+    assert "ai-node demo:" in capsys.readouterr().err
 
 
 def test_every_lesion_is_found_and_nothing_else(demo: DemoResult) -> None:
