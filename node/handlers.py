@@ -123,6 +123,8 @@ def handle_store(event: Event, ingest: Ingest, sessions: Sessions) -> int:
         str(request.AffectedSOPInstanceUID or ""),
         calling,
     )
+    if outcome.spool_kept:
+        transport.keep_spool_file(event)
     sessions.count(event.assoc, outcome)
     status = status_for(outcome.result)
     metrics.count_instance(outcome.result)

@@ -3,7 +3,9 @@
 Start-up order matters, so nothing received is dropped:
 
 1. open the database (creating tables), open the instance store;
-2. reconcile: index every stored file missing from the database (power loss);
+2. recover the spool: acknowledged data sets whose final name a crash may have
+   lost are linked under it, the rest removed (:func:`storage.spool.recover`);
+   then reconcile: index every stored file missing from the database (power loss);
 3. re-queue jobs left ``running`` by a previous run (not counted against them);
 4. restart the idle timer of every series still receiving;
 5. listen (Storage SCP), start the completion detector, the workers and the
@@ -47,6 +49,8 @@ from storage.jobs import requeue_after_restart
 from storage.models import close_thread_connection, open_thread_connection
 from storage.purge import delivered_series, purge_images
 from storage.reconcile import reconcile, restore_delivered
+from storage.spool import SPOOL_DIR, Spool
+from storage.spool import recover as recover_spool
 from storage.store import InstanceStore
 
 LOGGER = logging.getLogger(__name__)
@@ -75,6 +79,8 @@ class Node:
         self.delivery: DeliveryService | None = None
         self.metrics: MetricsServer | None = None
         self.store: InstanceStore | None = None
+        self.spool: Spool | None = None
+        self.ingest: Ingest | None = None
         self._database_file: DatabaseFile | None = None
 
     def start(self) -> None:
@@ -83,15 +89,18 @@ class Node:
         store = InstanceStore(config.data_dir, config.receive.min_free_disk_mb)
         self.store = store
         open_thread_connection()  # held while the node runs: see open_thread_connection
+        recover_spool(config.data_dir / SPOOL_DIR, store)
         reconcile(store)
         restore_delivered(store)
         requeue_after_restart()
         resume_timers(time.time())
         self._database_file = DatabaseFile.of(config.database_path, config.database_url)
         ae = build_ae(config)
-        handlers = build_handlers(config, Ingest(store), self.sessions)
+        self.spool = Spool(config.data_dir / SPOOL_DIR)
+        self.ingest = Ingest(store)
+        handlers = build_handlers(config, self.ingest, self.sessions)
         # limits, deadlines, TLS and streamed C-STORE data sets: node/transport.py
-        self.server, self.tls_server = listen(ae, config, handlers)
+        self.server, self.tls_server = listen(ae, config, handlers, self.spool)
         LOGGER.info(
             "Storage SCP %s listening on %s:%d (%d storage SOP classes)",
             config.ae_title,
@@ -191,6 +200,12 @@ class Node:
         if self.tls_server is not None:
             self.tls_server.shutdown()
             self.tls_server = None
+        if self.ingest is not None:
+            self.ingest.close()  # every stored instance under its durable final name
+            self.ingest = None
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
         if self.detector is not None:
             self.detector.stop()
             self.detector = None

@@ -32,6 +32,7 @@ import ssl
 import tempfile
 import threading
 import time
+import zlib
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
@@ -60,6 +61,7 @@ from node.limits import (
     PduGuard,
     inflated_size_exceeds,
 )
+from storage.spool import Spool, SpooledData
 
 LOGGER = logging.getLogger(__name__)
 
@@ -275,20 +277,23 @@ def admit(assoc: Association) -> bool:
     return assoc.table.admit(assoc.connection)
 
 
-def stream_received_datasets(spool_dir: Path | None = None) -> None:
-    """C-STORE data sets go to a temporary file as they arrive, not to memory (process-wide).
+def stream_received_datasets(spool: Spool | Path | None = None) -> None:
+    """C-STORE data sets go to a file as they arrive, not to memory (process-wide).
 
-    pynetdicom writes them to a :class:`SpoolFile` in ``spool_dir`` (the node passes
-    ``data_dir/spool``, owner-only: the data are PHI and stay beside the store; the
-    system's temporary directory when None) and removes it after the C-STORE
-    handler; :mod:`storage.ingest` copies it into the store.  Files left by a
-    crash are removed when the node starts.
+    pynetdicom writes them to a :class:`SpoolFile`: with a :class:`~storage.spool.Spool`
+    that seals (the node's ``data_dir/spool``), one of its files whose name is already
+    durable, so :mod:`storage.ingest` needs one fsync; otherwise a temporary file in the
+    folder given (owner-only: the data are PHI), or in the system's temporary directory.
+    pynetdicom removes the file after the C-STORE handler unless ingest kept it
+    (:func:`keep_spool_file`).  What a crash leaves is sorted out when the node starts
+    (:func:`storage.spool.recover`).
     """
-    if spool_dir is not None:
-        make_dirs_durably(spool_dir)
-        for stale in spool_dir.iterdir():
-            stale.unlink(missing_ok=True)
-        SpoolFile.directory = str(spool_dir)
+    if isinstance(spool, Path):
+        make_dirs_durably(spool)
+        SpoolFile.directory, SpoolFile.spool = str(spool), None
+    elif spool is not None:
+        SpoolFile.directory = str(spool.directory)
+        SpoolFile.spool = spool if spool.sealing else None
     _config.STORE_RECV_CHUNKED_DATASET = True
     dimse_messages.NamedTemporaryFile = SpoolFile  # type: ignore[assignment,misc]
 
@@ -299,20 +304,32 @@ class SpoolFile:
     pynetdicom writes fragments from its reader thread, where an ``OSError`` (disk full,
     file size limit) would abort the association without a status; kept here instead,
     the C-STORE handler answers 0xA700 with the reason (:class:`DatasetNotKept`).
+    With a sealing spool it also counts the length and CRC-32 of what was written
+    (:meth:`sealable`).
     """
 
     #: where spool files go (``data_dir/spool``, set by :func:`stream_received_datasets`)
     directory: str | None = None
+    #: the spool whose files have durable names, when it seals
+    spool: Spool | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         if SpoolFile.directory is not None:
             kwargs["dir"] = SpoolFile.directory
         self.error: OSError | None = None
         self._file: Any = None
+        self.length = 0
+        self.crc32 = 0
         self.name = os.path.join(tempfile.gettempdir(), "ai-node-unwritable.dcm")
+        self._durable_name: Path | None = None
         try:
-            self._file = tempfile.NamedTemporaryFile(**kwargs)  # noqa: SIM115 - closed by pynetdicom
-            self.name = self._file.name
+            if SpoolFile.spool is not None:
+                self._durable_name = SpoolFile.spool.take()
+                self._file = self._durable_name.open("wb")
+                self.name = str(self._durable_name)
+            else:
+                self._file = tempfile.NamedTemporaryFile(**kwargs)  # noqa: SIM115 - closed by pynetdicom
+                self.name = self._file.name
         except OSError as exc:
             self.error = exc
 
@@ -320,10 +337,22 @@ class SpoolFile:
     def file(self) -> SpoolFile:
         return self  # pynetdicom calls ``.file.flush()``
 
+    def sealable(self) -> SpooledData | None:
+        """The data set as a spool file with a durable name, or None (a plain temporary file)."""
+        if self._durable_name is None or self.error is not None:
+            return None
+        return SpooledData(self._durable_name, self.length, self.crc32)
+
+    def keep(self) -> None:
+        """Ingest stored it: the NameSyncer removes the file, pynetdicom must not."""
+        self.name = f"{self.name}.kept"  # pynetdicom's unlink after the handler finds nothing
+
     def write(self, data: bytes) -> int:
         if self.error is None:
             try:
                 self._file.write(data)
+                self.length += len(data)
+                self.crc32 = zlib.crc32(data, self.crc32)
             except OSError as exc:
                 self.error = exc
         return len(data)
@@ -349,8 +378,16 @@ class DatasetNotKept(Exception):
     """A received data set could not be written to its temporary file (0xA700): the reason."""
 
 
-def received_dataset(event: Event) -> bytes | Path:
-    """The C-STORE data set: the file it was streamed to, else the encoded bytes (with meta).
+def keep_spool_file(event: Event) -> None:
+    """After ingest kept the spool file (``IngestOutcome.spool_kept``): leave it in place."""
+    spool = getattr(event.request, "_dataset_file", None)
+    if isinstance(spool, SpoolFile):
+        spool.keep()
+
+
+def received_dataset(event: Event) -> bytes | Path | SpooledData:
+    """The C-STORE data set: the spool file it was streamed to (sealable when its name is
+    durable), else the encoded bytes (with meta).
 
     Raises :class:`DatasetRefused` when a deflated data set inflates beyond the instance
     limit, :class:`DatasetNotKept` when it could not be written to its temporary file,
@@ -361,15 +398,16 @@ def received_dataset(event: Event) -> bytes | Path:
         raise DatasetNotKept(f"cannot store the received data set: {spool.error}")
     path = getattr(event.request, "_dataset_path", None)
     data: bytes | Path = path if isinstance(path, Path) else event.encoded_dataset()
+    sealable = spool.sealable() if isinstance(spool, SpoolFile) else None
     if event.context.transfer_syntax != DeflatedExplicitVRLittleEndian:
-        return data
+        return sealable or data
     assoc = event.assoc
     limit = assoc.table.limits.max_instance_bytes if isinstance(assoc, NodeAssociation) else 0
     if limit and inflated_size_exceeds(data, limit):
         raise DatasetRefused(
             f"deflated data set inflates to more than {limit // MIB} MiB (receive.max_instance_mb)"
         )
-    return data
+    return sealable or data
 
 
 def _drop(connection: Connection) -> None:
@@ -404,11 +442,13 @@ def _describe(exc: BaseException) -> str:
 
 
 def listen(
-    ae: AE, config: NodeConfig, handlers: list[Any]
+    ae: AE, config: NodeConfig, handlers: list[Any], spool: Spool | Path | None = None
 ) -> tuple[NodeAssociationServer, NodeAssociationServer | None]:
     """Start the SCP's listeners: ``port`` (TLS-only when ``tls.enabled`` without ``tls.port``)
-    and, with ``tls.port``, a second, TLS listener.  Raises ConfigError (TLS files) or OSError."""
-    stream_received_datasets(config.data_dir / "spool")
+    and, with ``tls.port``, a second, TLS listener.  Received data sets are spooled to
+    ``spool`` (by default temporary files in ``data_dir/spool``).  Raises ConfigError (TLS
+    files) or OSError."""
+    stream_received_datasets(spool if spool is not None else config.data_dir / "spool")
     connections = ConnectionTable(Limits.from_config(config))
     timeout = config.network.network_timeout
     context = tls.server_context(config.tls) if config.tls.enabled else None

@@ -33,6 +33,19 @@ So the row is committed only after the file's data and name are durable, and
 the outcome is reported after the commit: the order above holds.  The file is
 fsynced even when the header is then refused; nothing names it, and the spool
 file is removed after the C-STORE.
+
+The sealed path (:class:`~storage.spool.SpooledData`: a spool file whose name was
+made durable before the data arrived, on a file system with user extended
+attributes) needs one fsync::
+
+    parse the header; the checks above
+    seal (length, CRC-32) and fsync the spool file -> data and seal durable, together
+    link it under its final name; index row committed -> STORED
+    later, in the background: fsync the folder, remove the spool name (storage.spool)
+
+A crash before the folder fsync leaves the acknowledged data under their spool
+name; start-up links them again (:func:`storage.spool.recover`).  Only data sets
+that passed every check are sealed, so nothing refused is ever recovered.
 """
 
 from __future__ import annotations
@@ -63,6 +76,7 @@ from storage.instances import (
     series_study,
 )
 from storage.models import open_thread_connection
+from storage.spool import NameSyncer, SpooledData, seal
 from storage.store import InstanceStore
 
 LOCK_STRIPES = 64
@@ -94,6 +108,7 @@ class IngestOutcome:
     result: Result
     series_id: int | None = None
     reason: str = ""
+    spool_kept: bool = False  # the spool file now belongs to the NameSyncer: do not remove it
 
 
 class Ingest:
@@ -105,16 +120,22 @@ class Ingest:
         self._series_ids: dict[str, int] = {}  # SeriesInstanceUID -> row id, the fast path
         self._studies: dict[str, str] = {}  # SeriesInstanceUID -> its StudyInstanceUID
         self._helpers = ThreadPoolExecutor(HELPER_THREADS, thread_name_prefix="ingest")
+        self._names = NameSyncer()
 
     def ingest(
         self,
-        data: bytes | Path,
+        data: bytes | Path | SpooledData,
         affected_sop_class_uid: str,
         affected_sop_instance_uid: str,
         calling_ae_title: str,
     ) -> IngestOutcome:
         """Store one encoded file (preamble, file meta, dataset as received): its bytes, or
-        the file it was streamed to (linked into the store; read back only as far as needed)."""
+        the file it was streamed to (linked into the store; read back only as far as needed),
+        or a sealable spool file (:mod:`storage.spool`: one fsync)."""
+        if isinstance(data, SpooledData):
+            return self._ingest_sealed(
+                data, affected_sop_class_uid, affected_sop_instance_uid, calling_ae_title
+            )
         # a spooled file: parsed by a helper while this thread waits for its fsync
         parsed = self._helpers.submit(_header, data) if isinstance(data, Path) else None
         synced = _sync(data)
@@ -196,6 +217,71 @@ class Ingest:
                 raise _NameNotDurable() from exc
 
         return wait_for_name
+
+    def flush_names(self, timeout: float = 30.0) -> bool:
+        """Wait until the final names of every sealed instance stored so far are durable."""
+        return self._names.flush(timeout)
+
+    def close(self) -> None:
+        """At the node's stop: every stored instance under its durable final name."""
+        self._names.close()
+        self._helpers.shutdown(wait=True)
+
+    def _ingest_sealed(
+        self, data: SpooledData, sop_class: str, sop_instance: str, calling_ae_title: str
+    ) -> IngestOutcome:
+        try:
+            header = _header(data.path)
+        except InvalidUIDError as exc:
+            return IngestOutcome(Result.INVALID_UID, reason=str(exc))
+        except UnreadableDatasetError as exc:
+            return IngestOutcome(Result.UNREADABLE, reason=str(exc))
+        mismatch = _request_mismatch(header, sop_class, sop_instance)
+        if mismatch:
+            return IngestOutcome(Result.MISMATCH, reason=mismatch)
+        relative = self.store.relative_path(
+            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
+        )
+        with self._locks[hash(header.sop_instance_uid) % LOCK_STRIPES]:
+            try:
+                open_thread_connection()
+                return self._store_sealed(header, relative, data, calling_ae_title)
+            except peewee.PeeweeException as exc:
+                return IngestOutcome(Result.INDEX_FAILED, reason=f"database error: {exc}")
+
+    def _store_sealed(
+        self, header: InstanceHeader, relative: Path, data: SpooledData, calling_ae_title: str
+    ) -> IngestOutcome:
+        if is_stored(header.sop_instance_uid):
+            duplicate = record_duplicate(header, time.time())
+            if duplicate is not None:
+                return _from_record(duplicate)
+        conflict = self._study_conflict(header)
+        if conflict:
+            return IngestOutcome(Result.CONFLICT, reason=conflict)
+        try:
+            self.store.check_free_space(data.length)
+        except StorageError as exc:
+            return IngestOutcome(Result.NO_SPACE, reason=str(exc))
+        try:
+            seal(data)
+            sync_file(data.path)  # data, size and seal durable together
+            final = self.store.place(relative, data.path)
+        except OSError as exc:
+            return IngestOutcome(Result.WRITE_FAILED, reason=f"cannot store: {exc}")
+        except StorageError as exc:
+            return IngestOutcome(Result.WRITE_FAILED, reason=str(exc))
+        try:
+            outcome = record_instance(
+                header, relative, data.length, calling_ae_title, time.time(), self._series_ids
+            )
+        except StorageError as exc:
+            return IngestOutcome(Result.INDEX_FAILED, reason=str(exc))
+        result = _from_record(outcome)
+        if result.result != Result.STORED:
+            return result
+        self._names.add(final, data.path)
+        return IngestOutcome(Result.STORED, result.series_id, spool_kept=True)
 
     def _study_conflict(self, header: InstanceHeader) -> str:
         """Why the instance's series cannot be in its study, or ''."""
