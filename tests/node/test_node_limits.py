@@ -433,7 +433,9 @@ def test_hostile_payloads_keep_the_node_under_1_gb(tools, tmp_path, capsys, monk
     assert "a data set of more than 67108864 bytes" in log
     assert "deflated data set inflates to more than 64 MiB" in log
     assert not list((load_config(config_path).data_dir / "instances").rglob("*.dcm"))
-    assert list(spool.iterdir()) == [], "a partial data set was left in the spool directory"
+    assert list(spool.iterdir()) == [], "a partial data set was left in the temporary directory"
+    leftovers = list((load_config(config_path).data_dir / "spool").iterdir())
+    assert leftovers == [], "a partial data set was left in the spool"
     with capsys.disabled():
         print("\npeak RSS of ai-node serve (VmHWM, MB):", {k: round(v) for k, v in figures.items()})
     assert max(figures.values()) < 1000, figures
