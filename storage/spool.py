@@ -133,13 +133,18 @@ class Spool:
                 self._free.popleft().unlink(missing_ok=True)
 
     def _make_batch(self) -> list[Path]:
-        made = []
-        for _ in range(BATCH):
-            path = self.directory / f"{secrets.token_hex(8)}{SPOOL_SUFFIX}"
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
-            os.close(fd)
-            made.append(path)
-        fsync_directory(self.directory)
+        """BATCH new empty files and one folder fsync; OSError leaves none of them."""
+        made: list[Path] = []
+        try:
+            for _ in range(BATCH):
+                path = self.directory / f"{secrets.token_hex(8)}{SPOOL_SUFFIX}"
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
+                made.append(path)
+            fsync_directory(self.directory)
+        except OSError:
+            for path in made:
+                path.unlink(missing_ok=True)
+            raise
         return made
 
 
@@ -147,9 +152,9 @@ class NameSyncer:
     """Makes final names durable in the background, then removes their spool names.
 
     :meth:`add` after an instance was linked under its final name; a thread gathers
-    names for ``GATHER_SECONDS`` and fsyncs each folder once for all of them.  A folder fsync that fails
-    leaves the spool files in place (logged): :func:`recover` links them again at
-    the next start.
+    names for ``GATHER_SECONDS`` and fsyncs each folder once for all of them.  A folder
+    fsync that fails leaves the spool files in place (logged): :func:`recover` links
+    them again at the next start.
     """
 
     def __init__(self) -> None:
@@ -200,7 +205,10 @@ class NameSyncer:
             if folder not in done:
                 done[folder] = _fsync_folder(folder, sum(1 for f, _ in pairs if f.parent == folder))
             if done[folder]:
-                spool.unlink(missing_ok=True)
+                try:
+                    spool.unlink(missing_ok=True)
+                except OSError as exc:  # left for the next start, which finds its name present
+                    LOGGER.error("spool: cannot remove %s: %s", spool.name, exc.strerror or exc)
 
 
 def _fsync_folder(folder: Path, count: int) -> bool:

@@ -202,3 +202,28 @@ def test_a_served_series_leaves_an_empty_spool(tools, tmp_path: Path) -> None:  
     assert len(list((config.data_dir / "instances").rglob("*.dcm"))) == 12
     assert list((config.data_dir / "spool").iterdir()) == []
     assert "sealed files, one fsync per instance" in (tmp_path / "serve.log").read_text()
+
+
+def test_a_failed_folder_fsync_leaves_the_data_in_the_spool(
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Already acknowledged: the data stay under their durable spool name, for the next start."""
+    spool = Spool(data_dir / "spool")
+    (data,) = [_receive(spool, p) for p in small_series(tmp_path / "series", 1)]
+
+    def failing(directory: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool_module, "fsync_directory", failing)
+    store = InstanceStore(data_dir)
+    ingest = Ingest(store)
+    assert _ingest(ingest, data) == Result.STORED
+    assert ingest.flush_names()
+    assert data.path.exists() and sealed(data.path)
+    assert "their data stay in the spool and are linked again at the next start" in caplog.text
+    monkeypatch.undo()
+    assert recover(data_dir / "spool", store) == 0  # its final name is there: nothing to link
+    assert not data.path.exists()
