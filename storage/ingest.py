@@ -132,15 +132,18 @@ class Ingest:
         """Store one encoded file (preamble, file meta, dataset as received): its bytes, or
         the file it was streamed to (linked into the store; read back only as far as needed),
         or a sealable spool file (:mod:`storage.spool`: one fsync)."""
+        synced: OSError | None = None
         if isinstance(data, SpooledData):
-            return self._ingest_sealed(
-                data, affected_sop_class_uid, affected_sop_instance_uid, calling_ae_title
-            )
-        # a spooled file: parsed by a helper while this thread waits for its fsync
-        parsed = self._helpers.submit(_header, data) if isinstance(data, Path) else None
-        synced = _sync(data)
+            parsed = None  # sealed and fsynced only once every check has passed
+        else:
+            # a spooled file: parsed by a helper while this thread waits for its fsync
+            parsed = self._helpers.submit(_header, data) if isinstance(data, Path) else None
+            synced = _sync(data)
         try:
-            header = _header(data) if parsed is None else parsed.result()
+            if parsed is not None:
+                header = parsed.result()
+            else:
+                header = _header(data.path if isinstance(data, SpooledData) else data)
         except InvalidUIDError as exc:
             return IngestOutcome(Result.INVALID_UID, reason=str(exc))
         except UnreadableDatasetError as exc:
@@ -154,6 +157,8 @@ class Ingest:
         with self._locks[hash(header.sop_instance_uid) % LOCK_STRIPES]:
             try:
                 open_thread_connection()  # kept for the association; closed at its end
+                if isinstance(data, SpooledData):
+                    return self._store_sealed(header, relative, data, calling_ae_title)
                 return self._store(header, relative, data, calling_ae_title, synced)
             except peewee.PeeweeException as exc:
                 return IngestOutcome(Result.INDEX_FAILED, reason=f"database error: {exc}")
@@ -166,18 +171,10 @@ class Ingest:
         calling_ae_title: str,
         synced: OSError | None,
     ) -> IngestOutcome:
-        if is_stored(header.sop_instance_uid):
-            duplicate = record_duplicate(header, time.time())
-            if duplicate is not None:
-                return _from_record(duplicate)
-        conflict = self._study_conflict(header)
-        if conflict:
-            return IngestOutcome(Result.CONFLICT, reason=conflict)
         size = len(data) if isinstance(data, bytes) else data.stat().st_size
-        try:
-            self.store.check_free_space(size)
-        except StorageError as exc:
-            return IngestOutcome(Result.NO_SPACE, reason=str(exc))
+        refused = self._before_write(header, size)
+        if refused is not None:
+            return refused
         if synced is not None:
             return IngestOutcome(Result.WRITE_FAILED, reason=f"cannot store: {synced}")
         try:
@@ -227,31 +224,9 @@ class Ingest:
         self._names.close()
         self._helpers.shutdown(wait=True)
 
-    def _ingest_sealed(
-        self, data: SpooledData, sop_class: str, sop_instance: str, calling_ae_title: str
-    ) -> IngestOutcome:
-        try:
-            header = _header(data.path)
-        except InvalidUIDError as exc:
-            return IngestOutcome(Result.INVALID_UID, reason=str(exc))
-        except UnreadableDatasetError as exc:
-            return IngestOutcome(Result.UNREADABLE, reason=str(exc))
-        mismatch = _request_mismatch(header, sop_class, sop_instance)
-        if mismatch:
-            return IngestOutcome(Result.MISMATCH, reason=mismatch)
-        relative = self.store.relative_path(
-            header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
-        )
-        with self._locks[hash(header.sop_instance_uid) % LOCK_STRIPES]:
-            try:
-                open_thread_connection()
-                return self._store_sealed(header, relative, data, calling_ae_title)
-            except peewee.PeeweeException as exc:
-                return IngestOutcome(Result.INDEX_FAILED, reason=f"database error: {exc}")
-
-    def _store_sealed(
-        self, header: InstanceHeader, relative: Path, data: SpooledData, calling_ae_title: str
-    ) -> IngestOutcome:
+    def _before_write(self, header: InstanceHeader, size: int) -> IngestOutcome | None:
+        """The checks under the SOP Instance UID's lock, before anything is written: a
+        duplicate, a series in another study, too little space; None when all pass."""
         if is_stored(header.sop_instance_uid):
             duplicate = record_duplicate(header, time.time())
             if duplicate is not None:
@@ -260,9 +235,17 @@ class Ingest:
         if conflict:
             return IngestOutcome(Result.CONFLICT, reason=conflict)
         try:
-            self.store.check_free_space(data.length)
+            self.store.check_free_space(size)
         except StorageError as exc:
             return IngestOutcome(Result.NO_SPACE, reason=str(exc))
+        return None
+
+    def _store_sealed(
+        self, header: InstanceHeader, relative: Path, data: SpooledData, calling_ae_title: str
+    ) -> IngestOutcome:
+        refused = self._before_write(header, data.length)
+        if refused is not None:
+            return refused
         try:
             seal(data)
             sync_file(data.path)  # data, size and seal durable together
