@@ -268,6 +268,10 @@ class Postprocessing(_Section):
     threshold: float = Field(default=0.5, ge=0, le=1)
     min_lesion_mm3: float = Field(default=10.0, ge=0)
     min_peak_probability: float = Field(default=0.0, ge=0, lt=1)
+    #: a component is kept only when its 90th-percentile intensity reaches this multiple of the
+    #: brain's median intensity (an enhancing lesion is brighter than the brain around it);
+    #: needs ``brain_mask``; 0: off
+    min_enhancement_ratio: float = Field(default=0.0, ge=0)
 
 
 class BrainMask(_Section):

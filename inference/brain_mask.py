@@ -18,7 +18,9 @@ Order of work:
    reaches the edge of the field of view (partial coverage, e.g. a slab) only
    the upper bound is checked and a note says so.  The mask's median intensity
    must be ``min_contrast_ratio`` times the median outside it: deepbet marks a
-   confident "brain" of plausible volume in a series of pure noise.
+   confident "brain" of plausible volume in a series of pure noise.  That median
+   is kept (:attr:`BrainRegion.median_intensity`): lesions are judged against it
+   (``postprocessing.min_enhancement_ratio``).
 4. The distance outside the brain (mm, 0 inside) is kept; any grid asks
    :meth:`BrainRegion.inside` for the voxels within ``margin_mm`` of the brain,
    resampled trilinearly through the two affines, so a lesion at the cortical
@@ -66,6 +68,7 @@ class BrainRegion:
     margin_mm: float
     truncated: bool  # the mask reaches the edge of the field of view
     support: Box | None = None  # the box of outside_mm holding distances; FAR_MM elsewhere
+    median_intensity: float = float("nan")  # the series' median intensity inside the brain
 
     def inside(self, affine_lps: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """Voxels of a grid within ``margin_mm`` of the brain (bool, ``shape``)."""
@@ -145,10 +148,17 @@ class BrainExtractor:
         volume_ml = float(mask.sum()) * GRID_MM**3 / 1000.0
         truncated = touches_edge(mask)
         self.check_volume(volume_ml, truncated, volume)
-        self.check_contrast(array, mask)
+        median = float(np.median(array[mask]))
+        self.check_contrast(array, mask, median)
         distance, support = distance_outside(mask, self.config.margin_mm)
         return BrainRegion(
-            distance, affine_lps, round(volume_ml, 1), self.config.margin_mm, truncated, support
+            distance,
+            affine_lps,
+            round(volume_ml, 1),
+            self.config.margin_mm,
+            truncated,
+            support,
+            median,
         )
 
     def check_volume(self, volume_ml: float, truncated: bool, volume: Volume) -> None:
@@ -168,7 +178,9 @@ class BrainExtractor:
             volume.notes.append(note)
             LOGGER.info("series %s: %s", volume.series_instance_uid, note)
 
-    def check_contrast(self, array: np.ndarray, mask: np.ndarray) -> None:
+    def check_contrast(
+        self, array: np.ndarray, mask: np.ndarray, inside_median: float | None = None
+    ) -> None:
         """Gate a "brain" no brighter than its surroundings (deepbet finds one in pure noise).
 
         Skipped when less than ``MIN_OUTSIDE_FRACTION`` of the grid lies outside the mask.
@@ -177,7 +189,8 @@ class BrainExtractor:
         outside = ~mask
         if ratio_needed <= 0 or outside.mean() < MIN_OUTSIDE_FRACTION:
             return
-        inside_median = float(np.median(array[mask]))
+        if inside_median is None:
+            inside_median = float(np.median(array[mask]))
         outside_median = float(np.median(array[outside]))
         if inside_median < ratio_needed * max(outside_median, 1e-6):
             raise BrainMaskError(

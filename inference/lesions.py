@@ -19,7 +19,9 @@ minimum (``postprocessing.min_peak_probability``): an unsure speck is dropped
 while the edges of a confident lesion keep the usual decision rule.  That peak,
 as a lesion probability, is each lesion's ``peak_probability``.  With a brain
 mask (:mod:`inference.brain_mask`), components mostly outside it are dropped
-and the rest are clipped to it.
+and the rest are clipped to it.  With an :class:`EnhancementRule`
+(``postprocessing.min_enhancement_ratio``), a component that is not brighter
+than the brain and its surroundings is dropped (:mod:`inference.enhancement`).
 
 Distances between voxel centres read about one voxel shorter than the visible
 extent of a lesion; that is the convention of most contouring tools.
@@ -35,6 +37,7 @@ import cc3d
 import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
+from inference.enhancement import EnhancementRule, enhancing
 from inference.types import Lesion
 
 LOGGER = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ def find_lesions(
     to_probability: Callable[[float], float] | None = None,
     region: np.ndarray | None = None,
     min_inside_fraction: float = 0.5,
+    enhancement: EnhancementRule | None = None,
 ) -> tuple[np.ndarray, list[Lesion]]:
     """``(labels uint16 [i, j, k], lesions)`` with labels numbered like the lesions.
 
@@ -59,7 +63,8 @@ def find_lesions(
     mask, bool, same grid), a component with less than ``min_inside_fraction``
     of its voxels inside is dropped and the others are clipped to it, so no
     voxel outside the region is ever output; size and peak are judged on the
-    clipped voxels.
+    clipped voxels.  With an ``enhancement`` rule, a component is kept only when it is
+    enhancing (:func:`inference.enhancement.enhancing`).
     """
     components = cc3d.connected_components(
         np.ascontiguousarray(mask, dtype=np.uint8), connectivity=26
@@ -88,6 +93,8 @@ def find_lesions(
                 limit,
             )
         kept = [n for n in kept if n not in unsure]
+    if enhancement is not None and kept:
+        kept = enhancing(components, stats["bounding_boxes"], kept, enhancement)
     kept.sort(key=lambda n: (-counts[n], n))
     labels = np.zeros(mask.shape, np.uint16)
     lesions: list[Lesion] = []

@@ -36,6 +36,7 @@ from monai.inferers import sliding_window_inference
 
 from config.schema import Model
 from inference.brain_mask import BrainExtractor, BrainMaskError, BrainRegion
+from inference.enhancement import EnhancementRule
 from inference.lesions import find_lesions
 from inference.model import load_model
 from inference.preprocess import model_affine_lps, preprocess, to_source_grid
@@ -250,7 +251,9 @@ class Segmenter:
         """Labels and lesions on the source grid from the margin on the model grid.
 
         With a brain mask, components mostly outside the grown mask are dropped and
-        the rest clipped to it (``model.brain_mask.min_inside_fraction``).  ``box``:
+        the rest clipped to it (``model.brain_mask.min_inside_fraction``), and those
+        not enhancing (:mod:`inference.enhancement`,
+        ``postprocessing.min_enhancement_ratio``) are dropped.  ``box``:
         where the windows ran (-1 elsewhere), so only source voxels that see it
         are resampled.
         """
@@ -268,7 +271,23 @@ class Segmenter:
             to_probability=self.margin_probability,
             region=region,
             min_inside_fraction=self.config.brain_mask.min_inside_fraction,
+            enhancement=self.enhancement_rule(volume, brain, region),
         )
+
+    def enhancement_rule(
+        self, volume: Volume, brain: BrainRegion | None, region: np.ndarray | None
+    ) -> EnhancementRule | None:
+        """``postprocessing.min_enhancement_ratio`` as a rule, or None when it is off or there is
+        no brain mask to judge by (logged)."""
+        ratio = self.config.postprocessing.min_enhancement_ratio
+        if ratio <= 0:
+            return None
+        if brain is None or not np.isfinite(brain.median_intensity):
+            LOGGER.warning(
+                "postprocessing.min_enhancement_ratio %g needs model.brain_mask: not applied", ratio
+            )
+            return None
+        return EnhancementRule(volume.array, ratio, brain.median_intensity, volume.spacing, region)
 
     @property
     def channels(self) -> int:

@@ -64,6 +64,14 @@ def test_brain_mask_matches_the_true_brain_and_keeps_every_lesion(
     assert grown.sum() > core.sum()  # the margin grows it
 
 
+def test_the_brain_median_intensity_is_the_true_brains(
+    region: BrainRegion, head: tuple[Volume, np.ndarray, np.ndarray]
+) -> None:
+    """The level lesions are judged against (``postprocessing.min_enhancement_ratio``)."""
+    volume, _, brain = head
+    assert region.median_intensity == pytest.approx(np.median(volume.array[brain]), rel=0.05)
+
+
 def test_noise_is_not_a_brain(tmp_path: Path, extractor: BrainExtractor) -> None:
     """A series of Rician noise only fails with a reason.  deepbet itself marks a confident "brain" of
     plausible volume in it (1663 mL, mean probability 0.99), so the contrast check is what gates it."""
@@ -134,3 +142,37 @@ def test_window_box_is_the_grown_brain_plus_context(
         assert cut.start == max(0, where[:, axis].min() - CROP_PAD_VOXELS)
         assert cut.stop == min(shape[axis], where[:, axis].max() + CROP_PAD_VOXELS + 1)
     assert np.prod([c.stop - c.start for c in box]) < np.prod(shape)
+
+
+def test_components_not_brighter_than_the_brain_are_never_output(
+    threshold_model: Model,
+    region: BrainRegion,
+    head: tuple[Volume, np.ndarray, np.ndarray],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``min_enhancement_ratio`` against the brain mask's median: a floor no component reaches
+    leaves nothing, with a log line per component; without the brain mask it is not applied."""
+    volume = head[0]
+    plain = _bright_is_lesion(threshold_model)
+    post = plain.postprocessing
+    strict = plain.model_copy(
+        update={
+            "brain_mask": ON,
+            "postprocessing": post.model_copy(update={"min_enhancement_ratio": 50.0}),
+        }
+    )
+    with caplog.at_level("INFO", logger="inference.enhancement"):
+        result = Segmenter(strict).segment_volume(volume)
+    assert result.lesions == [] and not result.labels.any()
+    assert "not enhancing: " in caplog.text
+    kept = Segmenter(
+        strict.model_copy(
+            update={"postprocessing": post.model_copy(update={"min_enhancement_ratio": 1.0})}
+        )
+    ).segment_volume(volume)
+    assert kept.lesions  # the network's bright components are brighter than the brain's median
+    caplog.clear()
+    unmasked = strict.model_copy(update={"brain_mask": BrainMask(enabled=False)})
+    with caplog.at_level("WARNING", logger="inference.pipeline"):
+        assert Segmenter(unmasked).segment_volume(volume).lesions
+    assert "min_enhancement_ratio 50 needs model.brain_mask: not applied" in caplog.text

@@ -8,6 +8,7 @@ from scipy import ndimage
 
 from demo.synthetic.blob import cosines
 from demo.synthetic.dicom_series import make_affine
+from inference.enhancement import EnhancementRule
 from inference.lesions import component_peaks, find_lesions
 
 # an ellipsoid in patient space: semi-axes 10 mm along L-R, 5 mm along A-P, 4 mm along S-I
@@ -132,3 +133,49 @@ def test_peak_probability_is_the_most_confident_voxel() -> None:
     ]
     _, unknown = find_lesions(mask, np.eye(4), 1.0)
     assert all(lesion.peak_probability is None for lesion in unknown)
+
+
+def _rule(image: np.ndarray, ratio: float = 1.2) -> EnhancementRule:
+    return EnhancementRule(image, ratio, brain_median=100.0, spacing_mm=(1.0, 1.0, 1.0))
+
+
+def test_components_not_brighter_than_the_brain_are_dropped() -> None:
+    """An enhancing lesion is brighter than the brain: a dark component goes, and a ring lesion
+    (bright rim, dark core) stays because its bright part, not its mean, is judged."""
+    mask = np.zeros((40, 40, 40), bool)
+    image = np.full(mask.shape, 100.0, np.float32)  # the brain
+    mask[2:8, 2:8, 2:8] = True  # solid, enhancing
+    image[2:8, 2:8, 2:8] = 180.0
+    mask[12:18, 12:18, 12:18] = True  # at the brain's level: dropped
+    image[12:18, 12:18, 12:18] = 105.0
+    mask[24:34, 24:34, 24:34] = True  # a ring: a dark core in an enhancing shell
+    image[24:34, 24:34, 24:34] = 170.0
+    image[25:33, 25:33, 25:33] = 60.0  # the rim is one voxel thick: 488 of 1000 voxels bright
+    assert image[24:34, 24:34, 24:34].mean() < 120  # its mean is under the floor
+    labels, lesions = find_lesions(mask, np.eye(4), 1.0, enhancement=_rule(image))
+    assert [lesion.voxel_count for lesion in lesions] == [1000, 216]
+    assert labels[15, 15, 15] == 0 and labels[29, 29, 29] == 1  # the core is part of the lesion
+    _, unfiltered = find_lesions(mask, np.eye(4), 1.0)
+    assert len(unfiltered) == 3
+
+
+def test_components_not_brighter_than_their_surroundings_are_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bright for the brain, but no brighter than the tissue around it (2-5 mm out): dropped."""
+    mask = np.zeros((40, 40, 40), bool)
+    image = np.full(mask.shape, 100.0, np.float32)
+    image[5:35, 5:35, 2:20] = 150.0  # bright tissue
+    mask[15:21, 15:21, 8:14] = True  # inside it, barely brighter: 160 / 150
+    image[15:21, 15:21, 8:14] = 160.0
+    mask[15:21, 15:21, 28:34] = True  # the same in ordinary brain: 160 / 100
+    image[15:21, 15:21, 28:34] = 160.0
+    with caplog.at_level("INFO", logger="inference.enhancement"):
+        labels, lesions = find_lesions(mask, np.eye(4), 1.0, enhancement=_rule(image))
+    assert len(lesions) == 1 and labels[17, 17, 30] == 1 and labels[17, 17, 10] == 0
+    assert "under 1.2 x its surroundings' median 150" in caplog.text
+    region = np.zeros(mask.shape, bool)
+    region[:, :, 22:] = True  # surroundings only where the region is: none for the first
+    rule = EnhancementRule(image, 1.2, 100.0, (1.0, 1.0, 1.0), region)
+    _, both = find_lesions(mask, np.eye(4), 1.0, enhancement=rule)
+    assert len(both) == 2
