@@ -86,6 +86,7 @@ class Segmenter:
         self._model: torch.nn.Module | None = None
         self._sha256 = ""
         self._brain: BrainExtractor | None = None
+        self._warned_enhancement = False
 
     @property
     def provenance(self) -> ModelProvenance:
@@ -283,9 +284,12 @@ class Segmenter:
         if ratio <= 0:
             return None
         if brain is None or not np.isfinite(brain.median_intensity):
-            LOGGER.warning(
-                "postprocessing.min_enhancement_ratio %g needs model.brain_mask: not applied", ratio
-            )
+            if not self._warned_enhancement:  # once per Segmenter, not once per series
+                LOGGER.warning(
+                    "postprocessing.min_enhancement_ratio %g needs model.brain_mask: not applied",
+                    ratio,
+                )
+                self._warned_enhancement = True
             return None
         return EnhancementRule(volume.array, ratio, brain.median_intensity, volume.spacing, region)
 

@@ -292,6 +292,7 @@ def write(out: Path | None, results: list[dict], model: Model, config: Model) ->
             "summary": summary,
             "model": {"name": model.name, "version": model.version},
             "brain_mask": config.brain_mask.model_dump(),
+            "postprocessing": config.postprocessing.model_dump(),
             "cases": results,
         }
         out.write_text(json.dumps(document, indent=1, default=str))
