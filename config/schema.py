@@ -272,6 +272,9 @@ class Postprocessing(_Section):
     #: brain's median intensity (an enhancing lesion is brighter than the brain around it);
     #: needs ``brain_mask``; 0: off
     min_enhancement_ratio: float = Field(default=0.0, ge=0)
+    #: a kept lesion's edge: its surroundings' median plus this fraction of the way to its bright
+    #: part (holes filled, so a ring keeps its core); needs ``brain_mask``; 0: the network's edge
+    edge_fraction: float = Field(default=0.0, ge=0, lt=1)
 
 
 class BrainMask(_Section):

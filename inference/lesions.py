@@ -95,6 +95,10 @@ def find_lesions(
         kept = [n for n in kept if n not in unsure]
     if enhancement is not None and kept:
         kept = enhancing(components, stats["bounding_boxes"], kept, enhancement)
+        if enhancement.edge_fraction > 0:  # edges cut back: count again for the numbering
+            for n in kept:
+                box = stats["bounding_boxes"][n]
+                counts[n] = int((components[box] == n).sum())
     kept.sort(key=lambda n: (-counts[n], n))
     labels = np.zeros(mask.shape, np.uint16)
     lesions: list[Lesion] = []

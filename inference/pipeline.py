@@ -280,18 +280,28 @@ class Segmenter:
     ) -> EnhancementRule | None:
         """``postprocessing.min_enhancement_ratio`` as a rule, or None when it is off or there is
         no brain mask to judge by (logged)."""
-        ratio = self.config.postprocessing.min_enhancement_ratio
-        if ratio <= 0:
+        post = self.config.postprocessing
+        ratio = post.min_enhancement_ratio
+        if ratio <= 0 and post.edge_fraction <= 0:
             return None
         if brain is None or not np.isfinite(brain.median_intensity):
             if not self._warned_enhancement:  # once per Segmenter, not once per series
                 LOGGER.warning(
-                    "postprocessing.min_enhancement_ratio %g needs model.brain_mask: not applied",
+                    "postprocessing.min_enhancement_ratio %g and edge_fraction %g need "
+                    "model.brain_mask: not applied",
                     ratio,
+                    post.edge_fraction,
                 )
                 self._warned_enhancement = True
             return None
-        return EnhancementRule(volume.array, ratio, brain.median_intensity, volume.spacing, region)
+        return EnhancementRule(
+            volume.array,
+            ratio,
+            brain.median_intensity,
+            volume.spacing,
+            region,
+            post.edge_fraction,
+        )
 
     @property
     def channels(self) -> int:

@@ -89,12 +89,6 @@ def test_each_lesion_keeps_one_track(demo: DemoResult) -> None:
     assert track["observations"][2]["status"] == "new"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 not met by demo model 0.3.0: M1 (with oedema) is drawn +21 % and +22 % long at "
-    "time points 2-3 and M3 (against the ventricle) +14 % at time point 1; strict, so a model that "
-    "meets it turns this red until the mark is removed",
-)
 def test_longest_diameters_within_ten_percent(demo: DemoResult) -> None:
     off = []
     for point, match in zip(demo.truth.time_points, match_patient(demo.truth, demo.summary)):

@@ -175,4 +175,7 @@ def test_components_not_brighter_than_the_brain_are_never_output(
     unmasked = strict.model_copy(update={"brain_mask": BrainMask(enabled=False)})
     with caplog.at_level("WARNING", logger="inference.pipeline"):
         assert Segmenter(unmasked).segment_volume(volume).lesions
-    assert "min_enhancement_ratio 50 needs model.brain_mask: not applied" in caplog.text
+    assert (
+        "min_enhancement_ratio 50 and edge_fraction 0 need model.brain_mask: not applied"
+        in caplog.text
+    )

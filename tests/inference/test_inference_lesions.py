@@ -179,3 +179,34 @@ def test_components_not_brighter_than_their_surroundings_are_dropped(
     rule = EnhancementRule(image, 1.2, 100.0, (1.0, 1.0, 1.0), region)
     _, both = find_lesions(mask, np.eye(4), 1.0, enhancement=rule)
     assert len(both) == 2
+
+
+def test_edges_follow_the_enhancement_and_a_ring_keeps_its_core() -> None:
+    """``edge_fraction``: the network's mask spills 2 voxels into dark oedema around a solid
+    lesion and 1 voxel past a ring lesion's rim; the cut keeps exactly the lesion, core included."""
+    shape = (48, 48, 24)
+    ijk = np.indices(shape).transpose(1, 2, 3, 0)
+    solid_r = np.linalg.norm(ijk - (12, 12, 12), axis=-1)
+    ring_r = np.linalg.norm(ijk - (34, 34, 12), axis=-1)
+    image = np.full(shape, 100.0, np.float32)
+    image[solid_r <= 7] = 80.0  # oedema
+    image[solid_r <= 5] = 200.0  # the solid lesion
+    image[ring_r <= 6] = 200.0  # the ring's rim...
+    image[ring_r < 4] = 60.0  # ...around its necrotic core
+    mask = (solid_r <= 7) | (ring_r <= 7)
+    rule = EnhancementRule(image, 1.2, 100.0, (1.0, 1.0, 1.0), edge_fraction=0.35)
+    labels, lesions = find_lesions(mask, np.eye(4), 1.0, enhancement=rule)
+    assert [lesion.voxel_count for lesion in lesions] == [
+        int((ring_r <= 6).sum()),
+        int((solid_r <= 5).sum()),
+    ]
+    assert np.array_equal(labels == 1, ring_r <= 6) and np.array_equal(labels == 2, solid_r <= 5)
+    assert lesions[1].longest_axial_diameter_mm == pytest.approx(10.0, abs=0.01)
+    unchanged = EnhancementRule(image, 1.2, 100.0, (1.0, 1.0, 1.0))  # edge_fraction 0
+    _, whole = find_lesions(mask, np.eye(4), 1.0, enhancement=unchanged)
+    assert sorted(lesion.voxel_count for lesion in whole) == [int((solid_r <= 7).sum())] * 2
+    nowhere = EnhancementRule(
+        image, 0.0, 100.0, (1.0, 1.0, 1.0), np.zeros(shape, bool), edge_fraction=0.35
+    )
+    _, kept = find_lesions(mask, np.eye(4), 1.0, enhancement=nowhere)  # no surroundings to judge by
+    assert sorted(lesion.voxel_count for lesion in kept) == [int((solid_r <= 7).sum())] * 2
