@@ -83,7 +83,7 @@ def enhancing_part(
     components: np.ndarray, box: Box, number: int, rule: EnhancementRule
 ) -> np.ndarray | None:
     """Which voxels of ``box`` stay in the component when its edge follows the enhancement
-    (bool over ``box``), or None when it has no surroundings to judge by."""
+    (bool over ``box``), or None when it has no surroundings to judge by or nothing would stay."""
     around = surroundings(components, box, number, rule)
     if around is None:
         return None
@@ -91,8 +91,10 @@ def enhancing_part(
     image = rule.image[box]
     bright = float(np.percentile(image[inside], BRIGHT_PERCENTILE))
     edge = around + rule.edge_fraction * (bright - around)
-    part = fill_holes(inside & (image >= edge))
-    return inside & part
+    part = inside & fill_holes(inside & (image >= edge))
+    if not part.any():  # darker than its surroundings (possible with the check off): left whole
+        return None
+    return part
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

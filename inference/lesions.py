@@ -21,7 +21,9 @@ as a lesion probability, is each lesion's ``peak_probability``.  With a brain
 mask (:mod:`inference.brain_mask`), components mostly outside it are dropped
 and the rest are clipped to it.  With an :class:`EnhancementRule`
 (``postprocessing.min_enhancement_ratio``), a component that is not brighter
-than the brain and its surroundings is dropped (:mod:`inference.enhancement`).
+than the brain and its surroundings is dropped, and with its ``edge_fraction``
+each kept lesion is cut back to where its enhancement ends
+(:mod:`inference.enhancement`); volumes and diameters are measured after the cut.
 
 Distances between voxel centres read about one voxel shorter than the visible
 extent of a lesion; that is the convention of most contouring tools.
@@ -64,7 +66,8 @@ def find_lesions(
     of its voxels inside is dropped and the others are clipped to it, so no
     voxel outside the region is ever output; size and peak are judged on the
     clipped voxels.  With an ``enhancement`` rule, a component is kept only when it is
-    enhancing (:func:`inference.enhancement.enhancing`).
+    enhancing (:func:`inference.enhancement.enhancing`), and cut back to its
+    enhancing part when the rule has an ``edge_fraction``.
     """
     components = cc3d.connected_components(
         np.ascontiguousarray(mask, dtype=np.uint8), connectivity=26

@@ -210,3 +210,15 @@ def test_edges_follow_the_enhancement_and_a_ring_keeps_its_core() -> None:
     )
     _, kept = find_lesions(mask, np.eye(4), 1.0, enhancement=nowhere)  # no surroundings to judge by
     assert sorted(lesion.voxel_count for lesion in kept) == [int((solid_r <= 7).sum())] * 2
+
+
+def test_a_component_darker_than_its_surroundings_keeps_its_edge_when_the_check_is_off() -> None:
+    """``min_enhancement_ratio`` 0 with ``edge_fraction``: a component with no voxel past its edge
+    is left whole (never emptied)."""
+    mask = np.zeros((30, 30, 30), bool)
+    image = np.full(mask.shape, 100.0, np.float32)
+    mask[10:16, 10:16, 10:16] = True
+    image[10:16, 10:16, 10:16] = 50.0
+    rule = EnhancementRule(image, 0.0, 100.0, (1.0, 1.0, 1.0), edge_fraction=0.35)
+    _, lesions = find_lesions(mask, np.eye(4), 1.0, enhancement=rule)
+    assert [lesion.voxel_count for lesion in lesions] == [216]
