@@ -269,8 +269,8 @@ class Postprocessing(_Section):
     min_lesion_mm3: float = Field(default=10.0, ge=0)
     min_peak_probability: float = Field(default=0.0, ge=0, lt=1)
     #: a component is kept only when its 90th-percentile intensity reaches this multiple of the
-    #: brain's median intensity (an enhancing lesion is brighter than the brain around it);
-    #: needs ``brain_mask``; 0: off
+    #: brain's median intensity and of its surroundings' median (2-5 mm outside it): an
+    #: enhancing lesion is brighter than both; needs ``brain_mask``; 0: off
     min_enhancement_ratio: float = Field(default=0.0, ge=0)
     #: a kept lesion's edge: its surroundings' median plus this fraction of the way to its bright
     #: part (holes filled, so a ring keeps its core); needs ``brain_mask``; 0: the network's edge
