@@ -178,9 +178,7 @@ class BrainExtractor:
             volume.notes.append(note)
             LOGGER.info("series %s: %s", volume.series_instance_uid, note)
 
-    def check_contrast(
-        self, array: np.ndarray, mask: np.ndarray, inside_median: float | None = None
-    ) -> None:
+    def check_contrast(self, array: np.ndarray, mask: np.ndarray, inside_median: float) -> None:
         """Gate a "brain" no brighter than its surroundings (deepbet finds one in pure noise).
 
         Skipped when less than ``MIN_OUTSIDE_FRACTION`` of the grid lies outside the mask.
@@ -189,8 +187,6 @@ class BrainExtractor:
         outside = ~mask
         if ratio_needed <= 0 or outside.mean() < MIN_OUTSIDE_FRACTION:
             return
-        if inside_median is None:
-            inside_median = float(np.median(array[mask]))
         outside_median = float(np.median(array[outside]))
         if inside_median < ratio_needed * max(outside_median, 1e-6):
             raise BrainMaskError(

@@ -62,35 +62,33 @@ def enhancing(
     """The components of ``numbers`` that are enhancing; each one dropped is logged with why.
 
     With ``rule.edge_fraction``, each kept component is cut back to its enhancing part in
-    ``components`` itself (:func:`enhancing_part`).
+    ``components`` itself (:func:`enhancing_part`).  Each component's bright part and
+    surroundings are found once and serve both.
     """
     kept = []
     for n in numbers:
-        reason = why_not_enhancing(components, boxes[n], n, rule) if rule.ratio > 0 else None
+        box = boxes[n]
+        inside = components[box] == n
+        bright = float(np.percentile(rule.image[box][inside], BRIGHT_PERCENTILE))
+        around = surroundings(components, box, n, rule)
+        reason = why_not_enhancing(int(inside.sum()), bright, around, rule)
         if reason is not None:
             LOGGER.info("dropped a component that is not enhancing: %s", reason)
             continue
         kept.append(n)
-        if rule.edge_fraction > 0:
-            part = enhancing_part(components, boxes[n], n, rule)
+        if rule.edge_fraction > 0 and around is not None:
+            part = enhancing_part(inside, rule.image[box], bright, around, rule.edge_fraction)
             if part is not None:
-                local = components[boxes[n]]
-                local[(local == n) & ~part] = 0
+                components[box][inside & ~part] = 0
     return kept
 
 
 def enhancing_part(
-    components: np.ndarray, box: Box, number: int, rule: EnhancementRule
+    inside: np.ndarray, image: np.ndarray, bright: float, around: float, edge_fraction: float
 ) -> np.ndarray | None:
-    """Which voxels of ``box`` stay in the component when its edge follows the enhancement
-    (bool over ``box``), or None when it has no surroundings to judge by or nothing would stay."""
-    around = surroundings(components, box, number, rule)
-    if around is None:
-        return None
-    inside = components[box] == number
-    image = rule.image[box]
-    bright = float(np.percentile(image[inside], BRIGHT_PERCENTILE))
-    edge = around + rule.edge_fraction * (bright - around)
+    """Which voxels of ``inside`` stay when the edge follows the enhancement, or None when
+    nothing would stay."""
+    edge = around + edge_fraction * (bright - around)
     part = inside & fill_holes(inside & (image >= edge))
     if not part.any():  # darker than its surroundings (possible with the check off): left whole
         return None
@@ -109,21 +107,21 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 
 def why_not_enhancing(
-    components: np.ndarray, box: Box, number: int, rule: EnhancementRule
+    voxels: int, bright: float, around: float | None, rule: EnhancementRule
 ) -> str | None:
-    """None when component ``number`` (inside ``box``) is enhancing, else the reason."""
-    inside = components[box] == number
-    bright = float(np.percentile(rule.image[box][inside], BRIGHT_PERCENTILE))
+    """None when a component of ``voxels`` with this bright part and surroundings is enhancing
+    (or the check is off), else the reason."""
+    if rule.ratio <= 0:
+        return None
     floor = rule.ratio * rule.brain_median
     if bright < floor:
         return (
-            f"{int(inside.sum())} voxel(s), {BRIGHT_PERCENTILE}th-percentile intensity "
+            f"{voxels} voxel(s), {BRIGHT_PERCENTILE}th-percentile intensity "
             f"{bright:.4g} is under {rule.ratio:g} x the brain's median {rule.brain_median:.4g}"
         )
-    around = surroundings(components, box, number, rule)
     if around is not None and bright < rule.ratio * around:
         return (
-            f"{int(inside.sum())} voxel(s), {BRIGHT_PERCENTILE}th-percentile intensity "
+            f"{voxels} voxel(s), {BRIGHT_PERCENTILE}th-percentile intensity "
             f"{bright:.4g} is under {rule.ratio:g} x its surroundings' median {around:.4g}"
         )
     return None
