@@ -25,6 +25,7 @@ processes load them in a moment.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -118,10 +119,17 @@ def load_head_maps() -> HeadMaps:
         arrays = {f.name: np.load(folder / f"{f.name}.npy") for f in fields(HeadMaps)}
         return HeadMaps(**arrays)
     maps = build_head_maps()
-    folder.mkdir(parents=True, exist_ok=True)
+    # built beside the cache and renamed into place, so that crop workers starting together never read
+    # a half-written map: the first rename wins and the others' copies are dropped
+    staging = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    staging.mkdir(parents=True, exist_ok=True)
     for f in fields(HeadMaps):
-        np.save(folder / f"{f.name}.npy", getattr(maps, f.name))
-    (folder / "done").write_text("")
+        np.save(staging / f"{f.name}.npy", getattr(maps, f.name))
+    (staging / "done").write_text("")
+    try:
+        os.rename(staging, folder)
+    except OSError:  # another process's maps are already in place
+        shutil.rmtree(staging, ignore_errors=True)
     return maps
 
 

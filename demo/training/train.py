@@ -352,8 +352,8 @@ class Trainer:
             )
 
     def run(self) -> None:
-        validation = self.validation_crops()
         in_workers = self.args.workers > 1
+        # the producers start first and fill their queue while this process draws the validation crops
         queue = start_producers(
             self.args.seed + self.state["step"],
             self.settings,
@@ -361,6 +361,7 @@ class Trainer:
             self.roi if in_workers else None,
             self.args.generator,
         )
+        validation = self.validation_crops()
         augment = None if in_workers else augmentations(self.roi)
         budget = self.args.minutes * 60.0
         start = time.monotonic() - self.state["seconds"]

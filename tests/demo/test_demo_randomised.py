@@ -8,11 +8,13 @@ Small crops (40 voxels) keep it to a few seconds; the head maps come from the di
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from demo.training import dr_maps
 from demo.training.data import CropSettings
 from demo.training.dr_lesions import random_lesion
 from demo.training.dr_maps import HeadMaps, load_head_maps
@@ -98,3 +100,39 @@ def test_hard_negatives_have_no_label(maps: HeadMaps) -> None:
             crop = draw_crop(rng, subject, series, maps, negatives, where, kind)
             assert not crop.label.any()
     assert kinds <= {"distractor", "background", "head"}
+
+
+def _tiny_maps(value: int = 0) -> HeadMaps:
+    eye = np.eye(4)
+    return HeadMaps(
+        stack=np.full((2, 2, 2, 6), value, np.uint8),
+        depth=np.zeros((2, 2, 2), np.uint8),
+        parts=np.zeros((2, 2, 2), np.uint8),
+        affine_lps=eye,
+        inverse_lps=eye,
+        brain_centre_lps=np.zeros(3),
+    )
+
+
+def test_map_cache_is_published_whole_and_never_rewritten_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fourteen crop workers may build the maps at once: each writes beside the cache and renames,
+    so a reader never meets a half-written map."""
+    monkeypatch.setenv("AINODE_DR_CACHE", str(tmp_path))
+    monkeypatch.setattr(dr_maps, "build_head_maps", _tiny_maps)
+    cache = tmp_path / dr_maps.CACHE_NAME
+    dr_maps.load_head_maps.cache_clear()
+    try:
+        dr_maps.load_head_maps()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [dr_maps.CACHE_NAME]
+        assert (cache / "done").exists()
+        # a second builder that started before the cache was complete, and finished after
+        (cache / "done").unlink()
+        monkeypatch.setattr(dr_maps, "build_head_maps", lambda: _tiny_maps(7))
+        dr_maps.load_head_maps.cache_clear()
+        assert int(dr_maps.load_head_maps().stack.max()) == 7  # its own maps, in memory
+        assert int(np.load(cache / "stack.npy").max()) == 0  # the published files untouched
+        assert sorted(p.name for p in tmp_path.iterdir()) == [dr_maps.CACHE_NAME]  # no staging left
+    finally:
+        dr_maps.load_head_maps.cache_clear()
