@@ -8,7 +8,7 @@ random weights, both loaded through configuration, it
 times each stage (load, preprocess, sliding window, postprocess) for
 
   (a) our pipeline: bf16 autocast where the CPU has it, and the configured
-      overlap and blending (demo: 0.5, constant; full-size: 0.25, Gaussian), and
+      overlap and blending (demo: 0.25, constant, as in ae_config.yaml; full-size: 0.25, Gaussian), and
   (b) a MONAI-SDK-default configuration: fp32, overlap 0.5, constant blending,
       the same model and windows,
 
