@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         for index, spec in enumerate(specs):
             ensure_case(args.cases, index, spec)
         return 0
-    segmenter = Segmenter(load_config(args.config).model)
+    model = load_config(args.config).model
+    segmenter = Segmenter(model)
     cases = []
     for index, spec in enumerate(specs):
         paths, truth, lesions = ensure_case(args.cases, index, spec)
@@ -198,8 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(
             json.dumps(
-                {"summary": summary, "model": asdict(segmenter.provenance), "cases": cases},
+                {
+                    "summary": summary,
+                    "model": asdict(segmenter.provenance),
+                    # the settings that decide what is found, so that a result says what made it
+                    "sliding_window": model.sliding_window.model_dump(),
+                    "brain_mask": model.brain_mask.model_dump(),
+                    "postprocessing": model.postprocessing.model_dump(),
+                    "cases": cases,
+                },
                 indent=1,
+                default=str,
             )
         )
     return 0

@@ -291,6 +291,7 @@ def write(out: Path | None, results: list[dict], model: Model, config: Model) ->
         document = {
             "summary": summary,
             "model": {"name": model.name, "version": model.version},
+            "sliding_window": config.sliding_window.model_dump(),
             "brain_mask": config.brain_mask.model_dump(),
             "postprocessing": config.postprocessing.model_dump(),
             "cases": results,
