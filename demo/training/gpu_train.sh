@@ -2,8 +2,10 @@
 # One domain-randomised fine-tuning run of the demo UNETR on a lent GPU host (16 cores, one H100), as it was
 # run for issue 9.  It is not part of the node: the node never needs a GPU.
 #
-#   MINUTES=7.5 OUT=/some/folder bash demo/training/gpu_train.sh
+#   MINUTES=7 VAL_CROPS=32 OUT=/some/folder bash demo/training/gpu_train.sh     # as run on 2026-11-28
 #
+# WORKERS (14), EXTRA (more train.py arguments, e.g. --fp32) and SKIP_WHEELS=1 (use the installed
+# packages) let the same script be rehearsed on a CPU first.
 # Python packages the host lacks travel as wheels in .whl/ (pip download ... monai nibabel nilearn pydicom
 # pydantic ...).  The run starts from the shipped weights, trains on the mixed generator (phantom and
 # randomised crops in turn) with 14 crop-drawing processes of one thread each, and leaves in $OUT the log,
