@@ -32,6 +32,11 @@ def _subject(rng: np.random.Generator, maps: HeadMaps, stripped: bool) -> Subjec
             return replace(subject, stripped=stripped)
 
 
+def random_case_subject(seed: int, maps: HeadMaps, stripped: bool) -> Subject:
+    """The subject :func:`write_randomised_case` draws for ``seed``: the first draw of its generator."""
+    return _subject(np.random.default_rng(seed), maps, stripped)
+
+
 def _labels(
     subject: Subject, maps: HeadMaps, affine: np.ndarray, shape: tuple[int, ...]
 ) -> np.ndarray:

@@ -136,3 +136,29 @@ def test_map_cache_is_published_whole_and_never_rewritten_in_place(
         assert sorted(p.name for p in tmp_path.iterdir()) == [dr_maps.CACHE_NAME]  # no staging left
     finally:
         dr_maps.load_head_maps.cache_clear()
+
+
+def test_false_positive_sites_are_sorted_by_brain_part_then_vessel() -> None:
+    from demo.training.false_positive_sites import site
+
+    assert site("sinus", 9.0, 0.02) == "outside the brain: sinus"
+    assert site("none", 0.5, 0.0) == "outside the brain: none"
+    assert site("falx", 0.5, 1.0) == "in the brain: falx"
+    assert site("none", 1.5, 0.9) == "in the brain: on a vessel"
+    assert site("none", 1.6, 0.9) == "in the brain: parenchyma"
+
+
+def test_a_randomised_case_subject_is_the_one_its_series_was_drawn_from(
+    maps: HeadMaps, tmp_path: Path
+) -> None:
+    """false_positive_sites takes false positives back to the template through this subject."""
+    from demo.training.dr_series import random_case_subject, write_randomised_case
+
+    _, labels, lesions = write_randomised_case(
+        tmp_path, 810_003, False, in_plane_mm=2.0, slice_mm=4.0
+    )
+    subject = random_case_subject(810_003, maps, stripped=False)
+    scale = float(np.abs(np.linalg.eigvals(subject.pose[:3, :3])).mean())
+    drawn = [round(2 * lesion.shape.radius_mm / scale, 2) for lesion in subject.lesions]
+    assert drawn == [lesion["diameter_mm"] for lesion in lesions]
+    assert 1 in labels and labels.max() <= len(drawn)  # a 2 mm lesion may miss every 2 x 4 mm voxel
