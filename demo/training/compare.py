@@ -39,18 +39,23 @@ RANDOMISED_SEEDS = 810_000
 Case = tuple[list[Path], np.ndarray, list[dict]]
 
 
+def randomised_case(root: Path, index: int) -> tuple[Path, int, bool]:
+    """The ``index``-th domain-randomised validation series: its folder, seed and whether it is
+    skull-stripped (alternately, the first stripped)."""
+    return root / f"randomised{index:02d}", RANDOMISED_SEEDS + index, index % 2 == 0
+
+
 def series_list(root: Path, n: int, n_randomised: int) -> list[tuple[str, Callable[[], Case]]]:
     """(name, how to get (paths, truth, lesions)) for every validation series."""
     out: list[tuple[str, Callable[[], Case]]] = []
     for index, spec in enumerate(held_out_specs(n, PHANTOM_SEEDS)):
         out.append((f"phantom{index:02d}", partial(ensure_case, root / "phantom", index, spec)))
     for index in range(n_randomised):
-        stripped = index % 2 == 0
-        folder = root / f"randomised{index:02d}"
+        folder, seed, stripped = randomised_case(root, index)
         out.append(
             (
-                f"randomised{index:02d}_{'stripped' if stripped else 'skull'}",
-                partial(write_randomised_case, folder, RANDOMISED_SEEDS + index, stripped),
+                f"{folder.name}_{'stripped' if stripped else 'skull'}",
+                partial(write_randomised_case, folder, seed, stripped),
             )
         )
     return out

@@ -35,6 +35,7 @@ from pydicom.uid import (
 )
 
 from config.loader import load_config
+from config.schema import Model
 from demo.synthetic.case import CaseSpec, write_case
 from inference.pipeline import Segmenter
 
@@ -138,6 +139,15 @@ def summarise(cases: list[dict]) -> dict:
     }
 
 
+def recorded_settings(model: Model) -> dict[str, dict]:
+    """The settings that decide what is found, so that a result says what made it."""
+    return {
+        "sliding_window": model.sliding_window.model_dump(),
+        "brain_mask": model.brain_mask.model_dump(),
+        "postprocessing": model.postprocessing.model_dump(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Evaluate the configured model on generated held-out series"
@@ -202,10 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "summary": summary,
                     "model": asdict(segmenter.provenance),
-                    # the settings that decide what is found, so that a result says what made it
-                    "sliding_window": model.sliding_window.model_dump(),
-                    "brain_mask": model.brain_mask.model_dump(),
-                    "postprocessing": model.postprocessing.model_dump(),
+                    **recorded_settings(model),
                     "cases": cases,
                 },
                 indent=1,

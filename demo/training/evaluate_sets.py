@@ -48,6 +48,7 @@ from config.loader import load_config
 from config.schema import Model
 from demo.shift.series import ShiftSpec, write_shift_case
 from demo.synthetic.case import CaseSpec
+from demo.training.evaluate import recorded_settings
 from demo.training.variants import write_variant
 from inference.lesions import find_lesions
 from inference.pipeline import Segmenter
@@ -291,9 +292,7 @@ def write(out: Path | None, results: list[dict], model: Model, config: Model) ->
         document = {
             "summary": summary,
             "model": {"name": model.name, "version": model.version},
-            "sliding_window": config.sliding_window.model_dump(),
-            "brain_mask": config.brain_mask.model_dump(),
-            "postprocessing": config.postprocessing.model_dump(),
+            **recorded_settings(config),
             "cases": results,
         }
         out.write_text(json.dumps(document, indent=1, default=str))

@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from config.loader import load_config
-from demo.training.compare import RANDOMISED_SEEDS
+from demo.training.compare import randomised_case
 from demo.training.dr_maps import PART_NAMES, VESSEL_STEP, load_head_maps
 from demo.training.dr_series import random_case_subject, write_randomised_case
 from inference.pipeline import Segmenter
 
-ON_VESSEL_MM = (
-    1.5  # a component whose median voxel is this close to a vessel's centre line lies on it
-)
+# a component whose median voxel is this close to a vessel's centre line lies on it
+ON_VESSEL_MM = 1.5
 
 
 def site(part: str, vessel_mm: float, brain: float) -> str:
@@ -54,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     segmenter = Segmenter(load_config(args.config).model)
     rows: list[dict] = []
     for index in range(args.n):
-        seed, stripped = RANDOMISED_SEEDS + index, index % 2 == 0
-        folder = args.cases / f"randomised{index:02d}"
+        folder, seed, stripped = randomised_case(args.cases, index)
         paths, truth, _ = write_randomised_case(folder, seed, stripped)
         subject = random_case_subject(seed, maps, stripped)
         result = segmenter.segment(paths)
