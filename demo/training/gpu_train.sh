@@ -4,7 +4,7 @@
 #
 #   MINUTES=7 VAL_CROPS=32 OUT=/some/folder bash demo/training/gpu_train.sh     # as run on 2026-11-28
 #
-# WORKERS (14), EXTRA (more train.py arguments, e.g. --fp32) and SKIP_WHEELS=1 (use the installed
+# LR (3e-4), RANDOMISED_SHARE (0.5: the share of randomised crops), WORKERS (14), EXTRA (more train.py arguments, e.g. --fp32) and SKIP_WHEELS=1 (use the installed
 # packages) let the same script be rehearsed on a CPU first.
 # Python packages the host lacks travel as wheels in .whl/ (pip download ... monai nibabel nilearn pydicom
 # pydantic ...).  The run starts from the shipped weights, trains on the mixed generator (phantom and
@@ -34,7 +34,7 @@ load_head_maps(); load_template()
 print('maps ready; torch', torch.__version__, 'cuda', torch.cuda.is_available())
 "
 python3 -m demo.training.train --init models/demo_unetr/weights.pt --generator mixed \
-    --minutes "$MINUTES" --lr 3e-4 --batch 8 --workers "$WORKERS" --threads 2 --pool 3000 --fresh-every 1 \
+    --minutes "$MINUTES" --lr "${LR:-3e-4}" --randomised-share "${RANDOMISED_SHARE:-0.5}" --batch 8 --workers "$WORKERS" --threads 2 --pool 3000 --fresh-every 1 \
     --val-crops "$VAL_CROPS" --validate-minutes 0.75 --seed 41 --keep-snapshots \
     --out "$RUN" --work "$RUN/work" ${EXTRA:-} 2>&1 | tee "$OUT/train.log"
 cp "$RUN/training_log.json" "$OUT/training_log_dr_gpu.json"

@@ -51,17 +51,37 @@ GENERATORS = ("phantom", "randomised", "mixed")
 
 
 def crops(
-    generator: str, seed: int, settings: CropSettings
+    generator: str, seed: int, settings: CropSettings, randomised_share: float = 0.5
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Crops from the phantom generator, the domain-randomised one, or both in turn (``mixed``)."""
+    """Crops from the phantom generator, the domain-randomised one, or both (``mixed``: a steady
+    ``randomised_share`` of them randomised; 0.5 is one of each in turn)."""
     if generator == "phantom":
         return crop_stream(seed, settings)
     if generator == "randomised":
         return randomised_stream(seed, settings)
     if generator == "mixed":
-        pairs = zip(crop_stream(seed, settings), randomised_stream(seed, settings))
-        return (crop for pair in pairs for crop in pair)
+        return interleave(
+            crop_stream(seed, settings), randomised_stream(seed, settings), randomised_share
+        )
     raise ValueError(f"unknown generator {generator!r}; expected one of {GENERATORS}")
+
+
+def interleave(
+    phantom: Iterator[tuple[np.ndarray, np.ndarray]],
+    randomised: Iterator[tuple[np.ndarray, np.ndarray]],
+    share: float,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``share`` of the crops from ``randomised``, spread evenly: 0.5 gives P R P R ..., 1/3 P P R."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"randomised share must lie between 0 and 1, not {share}")
+    credit = 0.0
+    while True:
+        credit += share
+        if credit >= 1.0 - 1e-9:
+            credit -= 1.0
+            yield next(randomised)
+        else:
+            yield next(phantom)
 
 
 def _produce(
@@ -70,11 +90,12 @@ def _produce(
     queue: mp.Queue,  # type: ignore[type-arg]
     roi: int | None,
     generator: str = "phantom",
+    randomised_share: float = 0.5,
 ) -> None:
     """Put crops on ``queue``; with ``roi`` set they are augmented here, ready to train on."""
     torch.set_num_threads(1)
     augment = augmentations(roi) if roi is not None else None
-    for image, label in crops(generator, seed, settings):
+    for image, label in crops(generator, seed, settings, randomised_share):
         if augment is not None:
             out = augment({"image": image[None], "label": label[None]})
             image, label = np.asarray(out["image"])[0], np.asarray(out["label"])[0]
@@ -87,6 +108,7 @@ def start_producers(
     workers: int = 1,
     roi: int | None = None,
     generator: str = "phantom",
+    randomised_share: float = 0.5,
 ) -> mp.Queue:  # type: ignore[type-arg]
     """Crops are drawn in ``workers`` processes; training never waits for one once the pool is full."""
     context = mp.get_context(
@@ -101,7 +123,7 @@ def start_producers(
         for worker in range(workers):
             context.Process(
                 target=_produce,
-                args=(seed + 7919 * worker, settings, queue, roi, generator),
+                args=(seed + 7919 * worker, settings, queue, roi, generator, randomised_share),
                 daemon=True,
             ).start()
     finally:
@@ -247,7 +269,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=GENERATORS,
         default="phantom",
         help="training crops: the phantom generator, the domain-randomised one (issue 9), or "
-        "half of each; validation crops come from the same mix",
+        "both; validation crops come from the same mix",
+    )
+    parser.add_argument(
+        "--randomised-share",
+        type=float,
+        default=0.5,
+        help="with --generator mixed: the share of randomised crops, spread evenly",
     )
     parser.add_argument(
         "--work",
@@ -322,7 +350,10 @@ class Trainer:
 
     def validation_crops(self) -> tuple[torch.Tensor, torch.Tensor]:
         stream = crops(
-            self.args.generator, 10_000 + self.args.seed, replace(self.settings, size=self.roi)
+            self.args.generator,
+            10_000 + self.args.seed,
+            replace(self.settings, size=self.roi),
+            self.args.randomised_share,
         )
         drawn = [next(stream) for _ in range(self.args.val_crops)]
         return (
@@ -360,6 +391,7 @@ class Trainer:
             self.args.workers,
             self.roi if in_workers else None,
             self.args.generator,
+            self.args.randomised_share,
         )
         validation = self.validation_crops()
         augment = None if in_workers else augmentations(self.roi)

@@ -162,3 +162,21 @@ def test_a_randomised_case_subject_is_the_one_its_series_was_drawn_from(
     drawn = [round(2 * lesion.shape.radius_mm / scale, 2) for lesion in subject.lesions]
     assert drawn == [lesion["diameter_mm"] for lesion in lesions]
     assert 1 in labels and labels.max() <= len(drawn)  # a 2 mm lesion may miss every 2 x 4 mm voxel
+
+
+@pytest.mark.parametrize(
+    ("share", "expected"), [(0.5, "PRPRPR"), (1 / 3, "PPRPPR"), (0.25, "PPPRPPPR")]
+)
+def test_mixed_crops_take_randomised_ones_at_their_share_spread_evenly(
+    share: float, expected: str
+) -> None:
+    from itertools import islice, repeat
+
+    from demo.training.train import interleave
+
+    phantom = repeat((np.zeros(1), np.zeros(1)))
+    randomised = repeat((np.ones(1), np.ones(1)))
+    drawn = islice(interleave(phantom, randomised, share), len(expected))
+    assert "".join("R" if image[0] else "P" for image, _ in drawn) == expected
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        next(interleave(phantom, randomised, 1.0))
