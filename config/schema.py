@@ -272,6 +272,10 @@ class Postprocessing(_Section):
     #: brain's median intensity and of its surroundings' median (2-5 mm outside it): an
     #: enhancing lesion is brighter than both; needs ``brain_mask``; 0: off
     min_enhancement_ratio: float = Field(default=0.0, ge=0)
+    #: ... and this multiple of the bright tissue near it (the 90th percentile 3-15 mm outside
+    #: it, inside the grown brain mask): white matter beside a dark ventricle is not enhancing;
+    #: needs ``brain_mask``; 0: off
+    min_local_enhancement_ratio: float = Field(default=0.0, ge=0)
     #: a kept lesion's edge: its surroundings' median plus this fraction of the way to its bright
     #: part (holes filled, so a ring keeps its core); needs ``brain_mask``; 0: the network's edge
     edge_fraction: float = Field(default=0.0, ge=0, lt=1)

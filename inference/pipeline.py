@@ -278,18 +278,20 @@ class Segmenter:
     def enhancement_rule(
         self, volume: Volume, brain: BrainRegion | None, region: np.ndarray | None
     ) -> EnhancementRule | None:
-        """``postprocessing.min_enhancement_ratio`` as a rule, or None when it is off or there is
-        no brain mask to judge by (logged)."""
+        """``postprocessing.min_enhancement_ratio``, ``min_local_enhancement_ratio`` and
+        ``edge_fraction`` as a rule, or None when they are off or there is no brain mask to judge
+        by (logged)."""
         post = self.config.postprocessing
-        ratio = post.min_enhancement_ratio
-        if ratio <= 0 and post.edge_fraction <= 0:
+        ratio, local = post.min_enhancement_ratio, post.min_local_enhancement_ratio
+        if ratio <= 0 and local <= 0 and post.edge_fraction <= 0:
             return None
         if brain is None or not np.isfinite(brain.median_intensity):
             if not self._warned_enhancement:  # once per Segmenter, not once per series
                 LOGGER.warning(
-                    "postprocessing.min_enhancement_ratio %g and edge_fraction %g need "
-                    "model.brain_mask: not applied",
+                    "postprocessing.min_enhancement_ratio %g, min_local_enhancement_ratio %g "
+                    "and edge_fraction %g need model.brain_mask: not applied",
                     ratio,
+                    local,
                     post.edge_fraction,
                 )
                 self._warned_enhancement = True
@@ -301,6 +303,7 @@ class Segmenter:
             volume.spacing,
             region,
             post.edge_fraction,
+            local,
         )
 
     @property

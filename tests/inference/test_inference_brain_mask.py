@@ -176,6 +176,6 @@ def test_components_not_brighter_than_the_brain_are_never_output(
     with caplog.at_level("WARNING", logger="inference.pipeline"):
         assert Segmenter(unmasked).segment_volume(volume).lesions
     assert (
-        "min_enhancement_ratio 50 and edge_fraction 0 need model.brain_mask: not applied"
-        in caplog.text
+        "min_enhancement_ratio 50, min_local_enhancement_ratio 0 and edge_fraction 0 need "
+        "model.brain_mask: not applied" in caplog.text
     )

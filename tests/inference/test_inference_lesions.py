@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -222,3 +224,33 @@ def test_a_component_darker_than_its_surroundings_keeps_its_edge_when_the_check_
     rule = EnhancementRule(image, 0.0, 100.0, (1.0, 1.0, 1.0), edge_fraction=0.35)
     _, lesions = find_lesions(mask, np.eye(4), 1.0, enhancement=rule)
     assert [lesion.voxel_count for lesion in lesions] == [216]
+
+
+def test_white_matter_beside_a_ventricle_is_not_enhancing_and_a_faint_lesion_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``local_ratio``: bright white matter against a dark ventricle passes the brain-median and
+    surroundings checks, but is no brighter than the white matter near it, so it is dropped; a
+    faint solid lesion (1.2 x white matter) in the same white matter stays."""
+    shape = (60, 60, 40)
+    image = np.full(shape, 90.0, np.float32)  # grey matter: the brain's median
+    image[5:55, 5:55, 5:35] = 130.0  # white matter
+    image[20:40, 20:28, 10:30] = 20.0  # two ventricular horns...
+    image[20:40, 31:39, 10:30] = 20.0  # ...either side of a white-matter septum (j 28-30)
+    mask = np.zeros(shape, bool)
+    mask[26:32, 28:31, 17:21] = True  # the septum, a bias field's worth brighter
+    image[26:32, 28:31, 17:21] = 138.0
+    ijk = np.indices(shape).transpose(1, 2, 3, 0)
+    lesion = np.linalg.norm(ijk - (30, 45, 20), axis=-1) <= 3
+    mask |= lesion
+    image[lesion] = 156.0
+    plain = _rule(image)
+    _, both = find_lesions(mask, np.eye(4), 1.0, enhancement=plain)
+    assert len(both) == 2  # 138 >= 1.2 x 90 and >= 1.2 x its surroundings (the ventricles)
+    local = replace(plain, local_ratio=1.1)
+    with caplog.at_level("INFO", logger="inference.enhancement"):
+        labels, kept = find_lesions(mask, np.eye(4), 1.0, enhancement=local)
+    assert [lesion.voxel_count for lesion in kept] == [int(lesion.sum())]
+    assert labels[30, 45, 20] == 1 and labels[28, 29, 18] == 0
+    assert "under 1.1 x the bright tissue near it (90th percentile 3-15 mm out: 130)" in caplog.text
+    assert len(find_lesions(mask, np.eye(4), 1.0, enhancement=replace(local, ratio=0.0))[1]) == 1
