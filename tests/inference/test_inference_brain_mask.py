@@ -4,6 +4,7 @@ it the pipeline outputs nothing outside the grown mask."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from demo.synthetic.case import CaseSpec
 from demo.synthetic.dicom_series import SeriesSpec, make_affine, write_series
 from demo.training.variants import write_variant
 from inference.brain_mask import BrainExtractor, BrainMaskError, BrainRegion
-from inference.pipeline import CROP_PAD_VOXELS, Segmenter
+from inference.pipeline import CROP_PAD_VOXELS, Segmenter, context_pad
 from inference.preprocess import model_affine_lps, preprocess
 from inference.types import Volume
 from inference.volume import load_series
@@ -129,19 +130,44 @@ def test_with_the_mask_nothing_outside_the_brain_is_output(
         assert (unmasked.labels[~grown] > 0).sum() > 1000
 
 
-def test_window_box_is_the_grown_brain_plus_context(
+def test_window_box_is_the_grown_brain_plus_the_context_its_windows_take_in(
     threshold_model: Model, region: BrainRegion, head: tuple[Volume, np.ndarray, np.ndarray]
 ) -> None:
+    """The box holds the grown mask's box, with at most ``CROP_PAD_VOXELS`` more a side, and
+    needs no more windows along any axis than the mask's box alone."""
     segmenter = Segmenter(threshold_model.model_copy(update={"brain_mask": ON}))
     image = preprocess(head[0], threshold_model.preprocessing)
     box = segmenter.window_box(image, region)
     assert box is not None
     shape = tuple(int(n) for n in image.shape[1:])
     where = np.argwhere(region.inside(model_affine_lps(image), shape))
+    roi, overlap = threshold_model.sliding_window.roi_size, threshold_model.sliding_window.overlap
     for axis, cut in enumerate(box):
-        assert cut.start == max(0, where[:, axis].min() - CROP_PAD_VOXELS)
-        assert cut.stop == min(shape[axis], where[:, axis].max() + CROP_PAD_VOXELS + 1)
+        start, stop = where[:, axis].min(), where[:, axis].max() + 1
+        assert max(0, start - CROP_PAD_VOXELS) <= cut.start <= start
+        assert stop <= cut.stop <= min(shape[axis], stop + CROP_PAD_VOXELS)
+        interval = int(roi[axis] * (1 - overlap))
+        windows = [
+            math.ceil(max(n - roi[axis], 0) / interval) + 1
+            for n in (cut.stop - cut.start, stop - start)
+        ]
+        assert windows[0] == windows[1]
     assert np.prod([c.stop - c.start for c in box]) < np.prod(shape)
+
+
+@pytest.mark.parametrize(
+    ("length", "expected"),
+    [
+        (159, 1),  # 3 windows of 64 every 48 cover 160 voxels: 1 more fits
+        (197, 11),  # 4 cover 208
+        (150, 10),  # 3 cover 160, and at most 16 are taken
+        (140, 16),
+        (40, 16),  # one window, padded by MONAI to 64 anyway
+        (160, 0),  # exactly 3 windows: any context would start a fourth row
+    ],
+)
+def test_context_is_taken_only_where_no_window_row_is_added(length: int, expected: int) -> None:
+    assert context_pad(length, 64, 48, 16) == expected
 
 
 def test_components_not_brighter_than_the_brain_are_never_output(
