@@ -10,6 +10,7 @@ program's version banner names DCMTK.
 from __future__ import annotations
 
 import functools
+import random
 import socket
 import subprocess
 from collections.abc import Sequence
@@ -30,11 +31,31 @@ DCMTK_DIR = Path("/usr/bin")
 ORTHANC = Path("/usr/sbin/Orthanc")
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_PORTS = random.Random()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago, below the kernel's ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` is also what it gives outgoing connections as
+    their source port: a test polling Orthanc's HTTP port while Orthanc starts could take the
+    DICOM port it was about to listen on ("Address already in use", seen once in CI).  Ports
+    below the ephemeral range are never given out that way.
+    """
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = _PORTS.randrange(10000, max(low, 10001))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 between 10000 and {low}")
 
 
 @functools.cache

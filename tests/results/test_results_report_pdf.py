@@ -25,14 +25,30 @@ from tests.results.test_results_report import three_visits
 from tests.results.test_results_validation import DCIODVFY, dciodvfy
 
 
+def pdf_streams(pdf: bytes) -> list[bytes]:
+    """Each stream's data, exactly ``/Length`` bytes (direct, or an indirect ``N 0 R`` object).
+
+    Not up to the next ``endstream``: compressed data may itself end in a carriage return,
+    which a pattern would take for the end-of-line before ``endstream``.
+    """
+    streams = []
+    for m in re.finditer(rb"<<((?:(?!<<|>>).)*)>>\s*stream\r?\n", pdf, re.DOTALL):
+        length = re.search(rb"/Length (\d+)(?: (\d+) R)?", m.group(1))
+        assert length is not None, m.group(1)
+        size = int(length.group(1))
+        if length.group(2) is not None:
+            target = rb"\b%s %s obj\s*(\d+)\s*endobj" % (length.group(1), length.group(2))
+            value = re.search(target, pdf)
+            assert value is not None
+            size = int(value.group(1))
+        data = pdf[m.end() : m.end() + size]
+        streams.append(zlib.decompress(data) if b"/FlateDecode" in m.group(1) else data)
+    return streams
+
+
 def pdf_text(pdf: bytes) -> str:
     """The text that a PDF written by matplotlib shows: the strings of its text operators."""
-    streams = [
-        zlib.decompress(m.group(1))
-        if b"FlateDecode" in pdf[max(0, m.start() - 200) : m.start()]
-        else m.group(1)
-        for m in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.DOTALL)
-    ]
+    streams = pdf_streams(pdf)
     texts = []
     for stream in streams:
         for block in re.findall(rb"BT(.*?)ET", stream, re.DOTALL):
@@ -138,3 +154,17 @@ def test_long_reports_flow_onto_more_pages(tracks: int) -> None:
     text = pdf_text(pdf)
     assert ("Lesion 39" in text) == bool(tracks)
     assert text.count("TrackingUID") >= (2 if tracks else 0)  # the header on each page
+
+
+def test_stream_data_that_ends_in_a_carriage_return_is_read_whole() -> None:
+    """The report test read a PDF wrongly once in a CI run: its compressed page ended in ``\\r``,
+    which a pattern up to ``\\r?\\nendstream`` dropped.  Streams are cut by their ``/Length``."""
+    data = zlib.compress(b"BT (Lesion 9999) Tj ET")
+    assert data.endswith(b"\r")
+    direct = b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(data), data)
+    indirect = (
+        b"4 0 obj\n<< /Filter /FlateDecode /Length 5 0 R >>\nstream\n%s\nendstream\nendobj\n"
+        b"5 0 obj\n%d\nendobj\n" % (data, len(data))
+    )
+    for pdf in (direct, indirect):
+        assert pdf_text(pdf) == "Lesion 9999"
