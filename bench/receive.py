@@ -32,11 +32,11 @@ same run).  Targets: node >= 10x Orthanc, node at most 1.15x the time of (c).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,10 +61,16 @@ REFERENCE = {"orthanc": 10.0, "bare": 1.3, "slices": 189}  # seconds, from the i
 TARGET_BARE_RATIO = 1.15  # issue 11: the node's time at most 1.15x the bare SCP's
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _test_helpers() -> Any:
+    """tests/helpers.py by path: a site-packages ``tests`` package can shadow ours."""
+    spec = importlib.util.spec_from_file_location("ainode_test_helpers", REPO / "tests/helpers.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+free_port = _test_helpers().free_port  # below the ephemeral range: Orthanc's ports stay free
 
 
 def make_series(directory: Path, slices: int) -> list[Path]:
